@@ -1,0 +1,397 @@
+"""certseg-rt command line: verbs are the user's jobs.  Progress on stderr, results on stdout.
+
+Exit codes: 0 success, 1 error (one line naming the problem and the fix), 2 usage.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from . import __version__
+from .certify import DEFAULTS, check_parameters
+from .errors import CertsegError
+
+
+def _user_errors(fn):
+    """Turn the errors a user can cause into one line and exit 1, never a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (CertsegError, ValueError) as e:
+            raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        except ModuleNotFoundError as e:
+            raise click.ClickException(f"{e.name} is not installed; install it with "
+                                       f"pip install 'certseg-rt[{_EXTRA_OF.get(e.name, 'all')}]'")
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted; nothing was written")
+    return wrapper
+
+
+_EXTRA_OF = {"torch": "export", "diffusers": "export", "safetensors": "export", "onnx": "export",
+             "onnxruntime": "cpu", "matplotlib": "plots", "tensorrt": "gpu"}
+
+
+def smoothing_options(fn):
+    """The certification parameters, shared by every verb that certifies."""
+    opts = [
+        click.option("--sigma", type=float, default=None,
+                     help=f"std of the Gaussian smoothing noise in the [0, 1] image range  [default: "
+                          f"{DEFAULTS['sigma']}, or the engine's]"),
+        click.option("--tau", type=float, default=DEFAULTS["tau"], show_default=True,
+                     help="class-probability threshold; radius = sigma * Phi^-1(tau)"),
+        click.option("--alpha", type=float, default=DEFAULTS["alpha"], show_default=True,
+                     help="family-wise error over all pixels of an image"),
+        click.option("--n0", type=int, default=DEFAULTS["n0"], show_default=True, help="selection samples"),
+        click.option("--n", "n", type=int, default=DEFAULTS["n"], show_default=True, help="estimation samples"),
+        click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True, help="noise stream"),
+        click.option("--batch-size", type=int, default=16, show_default=True, help="samples per forward pass"),
+        click.option("--correction", type=click.Choice(["holm", "bonferroni"]), default=DEFAULTS["correction"],
+                     show_default=True, help="multiple-testing correction over pixels"),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _model_dir(model: str) -> Path:
+    from .zoo import ZOO_DIR, bundled_model_dir
+
+    path = Path(model)
+    if path.is_dir():
+        return path
+    if "/" in model or model.startswith("."):
+        raise CertsegError(f"model directory {model} does not exist")
+    try:
+        return bundled_model_dir(model)
+    except FileNotFoundError as e:
+        raise CertsegError(f"{e}; or give a model directory (see {ZOO_DIR})")
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", file=sys.stderr, leave=False, disable=None)
+
+
+def _certify_with_progress(backend, x, *, n0, n, tau, alpha, seed, correction, desc):
+    from .certify import certify as certify_image
+
+    with _progress(n0 + n, desc) as bar:
+        backend.progress = bar.update
+        try:
+            return certify_image(backend, x, n0=n0, n=n, tau=tau, alpha=alpha, seed=seed, correction=correction)
+        finally:
+            backend.progress = None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="certseg-rt")
+def main():
+    """Certified medical image segmentation: randomized smoothing with a one-step DDPM denoiser.
+
+    \b
+    Example:
+      certseg-rt demo
+      certseg-rt certify scan.png --out mask.png --json
+    """
+
+
+def _open_backend(model: str, engine: Path | None, sigma: float | None, batch_size: int):
+    """(backend, classes) for the torch reference (a model) or a built engine directory."""
+    if batch_size < 1:
+        raise CertsegError(f"invalid batch-size={batch_size}: must be an integer >= 1")
+    if engine is not None:
+        from .runtime.segmenter import CertifiedSegmenter
+
+        seg = CertifiedSegmenter.load(engine, batch_size=batch_size)
+        seg._check_sigma(sigma)
+        return seg.backend, seg.classes
+    from .runtime.backends.torch_eager import reference_backend
+
+    backend = reference_backend(_model_dir(model), DEFAULTS["sigma"] if sigma is None else sigma,
+                                batch_size=batch_size)
+    return backend, backend.source.classes
+
+
+@main.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--model", default="chest", show_default=True, help="bundled model name or model directory")
+@click.option("--engine", type=click.Path(path_type=Path), default=None,
+              help="certify with this engine directory (certseg-rt build-engine) instead of the torch reference")
+@smoothing_options
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="write the certified mask here (PNG: class index per pixel, 255 = abstain)")
+@click.option("--json", "as_json", is_flag=True, help="print the certificate as JSON")
+@_user_errors
+def certify(image, model, engine, sigma, tau, alpha, n0, n, seed, batch_size, correction, out, as_json):
+    """Certify one image: per-pixel labels that provably hold within an L2 radius.
+
+    \b
+    Example:
+      certseg-rt certify scan.png --sigma 0.25 --n 100 --out mask.png --json
+      certseg-rt certify scan.png --engine engines/chest --json
+    """
+    from .io import read_image, write_mask
+    from .manifest import sha256_file
+
+    check_parameters(sigma=sigma, tau=tau, alpha=alpha, n0=n0, n=n, correction=correction, seed=seed)
+    if out is not None and out.suffix.lower() != ".png":
+        raise CertsegError(f"--out {out} must end in .png (the mask is written as a PNG)")
+    if not Path(image).is_file():
+        raise CertsegError(f"image {image} does not exist (or is not a file)")
+    backend, classes = _open_backend(model, engine, sigma, batch_size)
+    x = read_image(image, backend.channels)
+    cert = _certify_with_progress(backend, x, n0=n0, n=n, tau=tau, alpha=alpha, seed=seed, correction=correction,
+                                  desc=f"certify {Path(image).name}")
+    summary = {"image": str(image), "image_sha256": sha256_file(image), "classes": classes,
+               **cert.summary(classes), "certseg_rt": __version__}
+    if out is not None:
+        write_mask(out, cert.labels)
+        summary["mask"] = str(out)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        per_class = ", ".join(f"{k} {v}" for k, v in summary["certified_pixels"].items())
+        click.echo(f"{image}: radius {cert.radius:.4f}, abstained {cert.abstain_fraction:.1%}, "
+                   f"certified pixels: {per_class} ({cert.record['seconds']:.2f} s, {cert.record['backend']})")
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("certseg-out/demo"), show_default=True,
+              help="folder for the overlay PNGs and summary.json")
+@click.option("--count", type=int, default=4, show_default=True, help="number of held-out phantoms")
+@click.option("--model", default="chest", show_default=True, help="bundled model name or model directory")
+@smoothing_options
+@_user_errors
+def demo(out, count, model, sigma, tau, alpha, n0, n, seed, batch_size, correction):
+    """Certify a few held-out phantom chest X-rays with the bundled model and show the result.
+
+    Prints per image the clean Dice (segmenter alone, clean image), the certified Dice
+    (abstained pixels count as misses), the abstain rate and the radius; writes overlays
+    (image | ground truth | certified, abstained pixels magenta) to OUT.
+    """
+    import torch
+
+    from .data.phantom import HELD_OUT_SEEDS, make_phantom
+    from .io import overlay, write_json, write_png
+    from .metrics import abstain_rate, mean_foreground_dice
+    from .runtime.backends.torch_eager import reference_backend
+
+    sigma = DEFAULTS["sigma"] if sigma is None else sigma
+    check_parameters(sigma=sigma, tau=tau, alpha=alpha, n0=n0, n=n, correction=correction, seed=seed)
+    if count < 1:
+        raise CertsegError(f"invalid count={count}: must be >= 1")
+    backend = reference_backend(_model_dir(model), sigma, batch_size=batch_size)
+    src = backend.source
+    rows = []
+    click.echo(f"certifying {count} held-out phantoms: sigma={sigma} tau={tau} alpha={alpha} n0={n0} n={n} "
+               f"({backend.name}; overlays -> {out})", err=True)
+    click.echo(f"{'image':<14}{'clean Dice':>11}{'cert. Dice':>11}{'abstain':>9}{'radius':>8}{'seconds':>9}")
+    for i in range(count):
+        ph = make_phantom(HELD_OUT_SEEDS[i], size=src.height)
+        with torch.inference_mode():
+            clean = src.segmenter(torch.from_numpy(ph.image[None])).argmax(1)[0].numpy().astype(np.uint8)
+        cert = _certify_with_progress(backend, ph.image, n0=n0, n=n, tau=tau, alpha=alpha, seed=seed,
+                                      correction=correction, desc=f"phantom {i}")
+        row = {"image": f"phantom_{i:03d}", "seed": ph.seed,
+               "clean_dice": mean_foreground_dice(clean, ph.mask, src.num_classes),
+               "certified_dice": mean_foreground_dice(cert.labels, ph.mask, src.num_classes),
+               "abstain_rate": abstain_rate(cert.labels), "radius": cert.radius, "seconds": cert.record["seconds"]}
+        rows.append(row)
+        click.echo(f"{row['image']:<14}{row['clean_dice']:>11.3f}{row['certified_dice']:>11.3f}"
+                   f"{row['abstain_rate']:>9.1%}{row['radius']:>8.3f}{row['seconds']:>9.2f}")
+        write_png(out / f"{row['image']}.png", np.concatenate(
+            [overlay(ph.image, np.zeros_like(ph.mask)), overlay(ph.image, ph.mask), overlay(ph.image, cert.labels)],
+            axis=1))
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("clean_dice", "certified_dice", "abstain_rate")}
+    click.echo(f"{'mean':<14}{mean['clean_dice']:>11.3f}{mean['certified_dice']:>11.3f}{mean['abstain_rate']:>9.1%}")
+    write_json(out / "summary.json", {"rows": rows, "mean": mean, **backend.record,
+                                      "parameters": {"sigma": sigma, "tau": tau, "alpha": alpha, "n0": n0, "n": n,
+                                                     "seed": seed, "correction": correction}})
+    click.echo(f"overlays (image | ground truth | certified; magenta = abstained) in {out}/", err=True)
+
+
+
+def intake_options(fn):
+    """Which model to export: a model directory with any part replaced (all default to the bundled model)."""
+    opts = [
+        click.option("--model", default="chest", show_default=True, help="bundled model name or model directory"),
+        click.option("--segmenter", default=None,
+                     help="your segmenter: a TorchScript file, or 'package.module:factory' with --segmenter-weights"),
+        click.option("--segmenter-weights", type=click.Path(path_type=Path), default=None,
+                     help="safetensors weights for a factory segmenter"),
+        click.option("--segmenter-kwargs", default=None, help="JSON keyword arguments for the factory"),
+        click.option("--classes", default=None, help="comma-separated class names (index order)"),
+        click.option("--denoiser", default=None, help="diffusers directory (unet/ + scheduler/), or 'none'"),
+        click.option("--image-size", default=None, help="input size H or HxW the engine is built for"),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _load_source(model, segmenter, segmenter_weights, segmenter_kwargs, classes, denoiser, image_size):
+    from .export.loaders import load_source
+
+    size = None
+    if image_size:
+        try:
+            parts = [int(v) for v in image_size.lower().split("x")]
+            size = (parts[0], parts[-1]) if len(parts) in (1, 2) else None
+        except ValueError:
+            size = None
+        if size is None or min(size) < 1:
+            raise CertsegError(f"--image-size {image_size!r} must look like 128 or 128x160")
+    try:
+        kwargs = json.loads(segmenter_kwargs) if segmenter_kwargs else None
+    except json.JSONDecodeError as e:
+        raise CertsegError(f"--segmenter-kwargs is not valid JSON ({e})")
+    return load_source(_model_dir(model), segmenter=segmenter, weights=segmenter_weights, kwargs=kwargs,
+                       classes=classes.split(",") if classes else None, image_size=size, denoiser=denoiser)
+
+
+@main.command("export")
+@intake_options
+@click.option("--sigma", type=float, default=DEFAULTS["sigma"], show_default=True, help="smoothing noise (sets t*)")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="folder for the .onnx files")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
+@click.option("--no-parity", is_flag=True, help="skip the ONNX Runtime vs torch parity check")
+@click.option("--json", "as_json", is_flag=True, help="print metadata and parity as JSON")
+@_user_errors
+def export_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, classes, denoiser, image_size, sigma, out,
+               exporter, no_parity, as_json):
+    """Export model.onnx (x_noisy -> labels), segmenter.onnx and denoiser.onnx, parity-checked.
+
+    \b
+    Example:
+      certseg-rt export --out onnx/ --sigma 0.25
+    """
+    from .export.onnx_export import export_onnx
+
+    check_parameters(sigma=sigma)
+    source = _load_source(model, segmenter, segmenter_weights, segmenter_kwargs, classes, denoiser, image_size)
+    click.echo(f"exporting to {out} ({exporter})", err=True)
+    graphs = export_onnx(source, sigma, out, exporter=exporter, parity=not no_parity)
+    result = {"graphs": [str(p) for p in (graphs.fused, graphs.segmenter, graphs.denoiser) if p],
+              **graphs.metadata, "parity": graphs.parity}
+    click.echo(json.dumps(result, indent=2) if as_json else
+               f"wrote {', '.join(result['graphs'])}; parity: {json.dumps(graphs.parity)}")
+
+
+@main.command("build-engine")
+@intake_options
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
+@click.option("--sigma", type=float, default=DEFAULTS["sigma"], show_default=True, help="smoothing noise (sets t*)")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="engine directory to create")
+@click.option("--batch-sizes", default="1,16,64", show_default=True, help="MIN,OPT,MAX of the batch dimension")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
+@click.option("--threads", type=int, default=None, help="intra-op threads recorded for the runtime [default: all cores]")
+@click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
+@_user_errors
+def build_engine_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, classes, denoiser, image_size, backend,
+                     sigma, out, batch_sizes, exporter, threads, as_json):
+    """Build an engine directory: model file(s) + manifest.json (what is certified, hashes, tool versions).
+
+    \b
+    Example:
+      certseg-rt build-engine --out engines/chest
+      certseg-rt certify scan.png --engine engines/chest
+    """
+    from .export.build import build_engine, require_tensorrt
+
+    check_parameters(sigma=sigma)
+    try:
+        sizes = tuple(int(v) for v in batch_sizes.split(","))
+        assert len(sizes) == 3
+    except (ValueError, AssertionError):
+        raise CertsegError(f"--batch-sizes {batch_sizes!r} must be three integers MIN,OPT,MAX")
+    if backend == "tensorrt":
+        require_tensorrt()  # before any heavy work: one line saying what is missing
+    source = _load_source(model, segmenter, segmenter_weights, segmenter_kwargs, classes, denoiser, image_size)
+    manifest = build_engine(source, sigma, out, backend=backend, batch_sizes=sizes, exporter=exporter,
+                            threads=threads, log=lambda m: click.echo(m, err=True))
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+    else:
+        parity = manifest["parity"]
+        click.echo(f"built {out} ({backend}, {manifest['precision']}, sigma {sigma}); label agreement with torch "
+                   f"{parity.get('label_agreement', float('nan')):.4%}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def info(as_json):
+    """Version, available backends and the compiled extension."""
+    import importlib.util
+
+    backends = {"torch-eager": importlib.util.find_spec("torch") is not None}
+    try:
+        import onnxruntime
+
+        available = onnxruntime.get_available_providers()
+        for short, provider in (("cpu", "CPU"), ("cuda", "CUDA"), ("tensorrt", "Tensorrt")):
+            backends[f"onnxruntime:{short}"] = f"{provider}ExecutionProvider" in available
+    except ImportError:
+        backends["onnxruntime:cpu"] = False
+    backends["tensorrt"] = importlib.util.find_spec("tensorrt") is not None
+    from ._ext_loader import EXTENSION_STATUS
+
+    data = {"version": __version__, "backends": backends, "extension": EXTENSION_STATUS}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(f"certseg-rt {__version__}")
+        for name, ok in backends.items():
+            click.echo(f"  {name:<22} {'yes' if ok else 'no'}")
+        click.echo(f"  extension: cpu {'yes' if EXTENSION_STATUS['cpu'] else 'no'}, "
+                   f"cuda {'yes' if EXTENSION_STATUS['cuda'] else 'no'}")
+
+
+
+@main.command()
+@click.option("--engine", type=click.Path(path_type=Path), default=None,
+              help="engine directory to time [default: build one for the bundled model]")
+@click.option("--batch-sizes", default="1,8,16,32", show_default=True, help="batch sizes to time")
+@click.option("--repeats", type=int, default=3, show_default=True, help="timed repeats per row (median reported)")
+@click.option("--n0", type=int, default=DEFAULTS["n0"], show_default=True)
+@click.option("--n", "n", type=int, default=DEFAULTS["n"], show_default=True)
+@click.option("--quick", is_flag=True, help="fewer batch sizes and repeats")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="write bench.json and bench.md here")
+@click.option("--json", "as_json", is_flag=True, help="print {machine, rows, summary} as JSON")
+@_user_errors
+def bench(engine, batch_sizes, repeats, n0, n, quick, out, as_json):
+    """Time certify on the bundled model: ONNX Runtime vs batched torch eager, median of repeats.
+
+    \b
+    Example:
+      certseg-rt bench --quick
+      certseg-rt bench --json --out certseg-out/bench
+    """
+    from .bench import run, to_markdown
+    from .io import atomic_path, write_json
+
+    check_parameters(n0=n0, n=n)
+    try:
+        sizes = tuple(int(v) for v in batch_sizes.split(","))
+    except ValueError:
+        raise CertsegError(f"--batch-sizes {batch_sizes!r} must be comma-separated integers")
+    if quick:
+        sizes, repeats = tuple(s for s in sizes if s in (1, 16)) or sizes[:2], min(repeats, 2)
+    result = run(engine_dir=engine, batch_sizes=sizes, n0=n0, n=n, repeats=repeats,
+                 log=lambda m: click.echo(m, err=True))
+    table = to_markdown(result)
+    if out is not None:
+        write_json(Path(out) / "bench.json", result)
+        with atomic_path(Path(out) / "bench.md") as tmp:
+            tmp.write_text(table)
+    click.echo(json.dumps(result, indent=2) if as_json else table)
+
+
+if __name__ == "__main__":
+    main()

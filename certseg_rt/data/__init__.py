@@ -1,0 +1,1 @@
+"""Synthetic data the project trains and tests on (no data set can be downloaded here)."""

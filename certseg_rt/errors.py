@@ -1,0 +1,9 @@
+"""User-facing errors: each message names the problem and the fix; the CLI prints it as one line, exit 1."""
+
+
+class CertsegError(Exception):
+    """Bad input, a bad model or engine file, or an unusable environment."""
+
+
+class InputError(CertsegError, ValueError):
+    """An image or parameter the model cannot take."""

@@ -1,0 +1,1 @@
+"""torch -> ONNX -> engines.  Needs the ``[export]`` extra (torch, diffusers)."""

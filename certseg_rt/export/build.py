@@ -1,0 +1,149 @@
+"""Build an engine directory: ONNX graphs (optimised for the target) + manifest.json, atomically.
+
+The directory is assembled in a hidden sibling and renamed into place at the end, so a failed
+or interrupted build leaves nothing behind and never a half-written engine.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from .. import __version__
+from ..errors import CertsegError
+from ..manifest import MANIFEST_NAME, hash_files, write_manifest
+from .loaders import SourceModel
+from .onnx_export import OPSET, check_graphs, export_onnx
+
+BACKENDS = ("onnxruntime", "tensorrt")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+DEFAULT_BATCH_SIZES = (1, 16, 64)  # min, opt, max of the batch dimension
+
+
+@contextmanager
+def staged_directory(out: Path):
+    """Yield an empty staging directory; on success it replaces `out`, on failure it is removed."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CertsegError(f"--out {out} exists and is not a directory; choose another path")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise CertsegError(f"--out {out} is a non-empty directory that is not an engine directory; "
+                           f"choose a new path (it would be replaced)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+        os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it private; an engine directory is ordinary
+    except OSError as e:
+        raise CertsegError(f"cannot write to {out.parent}: {e.strerror}; choose a writable --out")
+    try:
+        yield stage
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(stage, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _optimise_for_onnxruntime(path: Path, threads: int) -> dict:
+    """Apply ONNX Runtime's basic (portable, hardware-independent) graph optimisations offline, in place.
+
+    Extended and layout optimisations depend on the machine that runs them, so they stay online.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    tmp = path.with_suffix(".opt.onnx")
+    so.optimized_model_filepath = str(tmp)
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    os.replace(tmp, path)
+    return {"offline": "basic", "online": "all", "intra_op_num_threads": threads, "inter_op_num_threads": 1,
+            "execution_mode": "sequential"}
+
+
+def tool_versions() -> dict:
+    import onnx
+    import torch
+
+    versions = {"certseg_rt": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                "onnx": onnx.__version__, "opset": OPSET}
+    try:
+        import diffusers
+
+        versions["diffusers"] = diffusers.__version__
+    except ImportError:
+        pass
+    try:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def require_tensorrt() -> None:
+    """One line naming what is missing for TensorRT engines (no GPU, no tensorrt package)."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        raise CertsegError("--backend tensorrt needs an NVIDIA GPU and the tensorrt package "
+                           "(pip install 'certseg-rt[gpu]' on a GPU machine); build --backend onnxruntime here")
+    raise CertsegError("--backend tensorrt is not available in this release yet; build --backend onnxruntime")
+
+
+def build_engine(source: SourceModel, sigma: float, out: Path, *, backend: str = "onnxruntime",
+                 batch_sizes: tuple[int, int, int] = DEFAULT_BATCH_SIZES, exporter: str = "torchscript",
+                 threads: int | None = None, parity: bool = True, log=print) -> dict:
+    """Export, optimise, check parity, write the manifest; returns the manifest."""
+    if backend not in BACKENDS:
+        raise CertsegError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "tensorrt":
+        require_tensorrt()
+    lo, opt, hi = batch_sizes
+    if not 1 <= lo <= opt <= hi:
+        raise CertsegError(f"--batch-sizes {lo},{opt},{hi} must satisfy 1 <= MIN <= OPT <= MAX")
+    threads = threads or os.cpu_count() or 1
+    with staged_directory(out) as stage:
+        log(f"exporting ONNX graphs ({exporter}, opset {OPSET})")
+        graphs = export_onnx(source, sigma, stage, exporter=exporter, parity=False)
+        log("optimising for ONNX Runtime (offline: basic graph optimisations)")
+        ort_settings = {}
+        for path in (graphs.fused, graphs.segmenter, graphs.denoiser):
+            if path is not None:
+                ort_settings = _optimise_for_onnxruntime(path, threads)
+        report = {"skipped": True}
+        if parity:
+            log("checking parity with torch on noisy phantoms")
+            report = check_graphs(source, sigma, graphs)
+        manifest = write_manifest(stage, {
+            "backend": backend,
+            "precision": "fp32",
+            "sigma": sigma,
+            "denoiser": None if graphs.metadata["timestep"] is None else {
+                "timestep": graphs.metadata["timestep"], "alpha_bar": graphs.metadata["alpha_bar"],
+                "graph": graphs.denoiser.name},
+            "classes": source.classes,
+            "input": graphs.metadata["input"],
+            "batch_sizes": {"min": lo, "opt": opt, "max": hi},
+            "graphs": {"fused": graphs.fused.name, "segmenter": graphs.segmenter.name},
+            "onnxruntime": ort_settings,
+            "exporter": exporter,
+            "parity": report,
+            "source_model_files": hash_files(source.files),
+            "tools": tool_versions(),
+        })
+    return manifest

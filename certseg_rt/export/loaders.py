@@ -1,0 +1,186 @@
+"""Load users' and bundled torch models: segmenter and diffusers denoiser -> DenoiseSegment.
+
+A model directory (the bundled layout, see ``certseg_rt.zoo``) holds ``segmenter.json``
+(``factory`` "package.module:callable", its ``kwargs``, ``classes``, ``input``),
+``segmenter.safetensors``, and optionally ``denoiser/`` with diffusers' ``unet/`` and ``scheduler/``.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..diffusion import OneStepDenoise, timestep_for_sigma
+from ..errors import CertsegError
+from .denoise_segment import DenoiseSegment, OneStepDenoiser
+
+
+@dataclass
+class SourceModel:
+    segmenter: torch.nn.Module
+    classes: list[str]
+    channels: int
+    height: int  # the resolution the model was trained at (the radius is stated at this resolution)
+    width: int
+    size_multiple: int
+    unet: torch.nn.Module | None = None
+    scheduler: object | None = None  # diffusers DDPMScheduler
+    files: dict[str, Path] = field(default_factory=dict)  # every file that defines the model, for hashing
+    segmenter_onnx: Path | None = None  # a user's ONNX segmenter (then `segmenter` is None: torch cannot run it)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def one_step(self, sigma: float) -> OneStepDenoise | None:
+        if self.scheduler is None:
+            return None
+        return timestep_for_sigma(self.scheduler.alphas_cumprod.numpy(), sigma)
+
+    def denoise_segment(self, sigma: float, output: str = "labels") -> DenoiseSegment:
+        if self.segmenter is None:
+            raise CertsegError("the segmenter is an ONNX file, which torch cannot run: build an engine "
+                               "(certseg-rt build-engine --segmenter FILE.onnx) and certify with --engine")
+        step = self.one_step(sigma)
+        denoiser = OneStepDenoiser(self.unet, step) if step is not None else None
+        return DenoiseSegment(self.segmenter, denoiser, output=output).eval()
+
+
+def load_factory(spec: str):
+    """'package.module:callable' -> the callable."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CertsegError(f"segmenter factory {spec!r} must look like 'package.module:callable'")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise CertsegError(f"cannot import segmenter factory {spec!r} ({e}); install the package that defines it")
+
+
+def load_safetensors_into(module: torch.nn.Module, weights: Path) -> torch.nn.Module:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CertsegError(f"cannot read weights {weights}: {e}; the file is missing or corrupt, re-export it")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CertsegError(f"weights {weights} do not fit the segmenter architecture ({first}); "
+                           f"check the factory and its kwargs")
+    return module
+
+
+def load_denoiser(path: Path):
+    """A diffusers directory with unet/ (UNet2DModel) and scheduler/ (DDPMScheduler) -> (unet, scheduler, files)."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    path = Path(path)
+    for sub in ("unet", "scheduler"):
+        if not (path / sub).is_dir():
+            raise CertsegError(f"denoiser directory {path} has no {sub}/; save the UNet2DModel and DDPMScheduler "
+                               f"with save_pretrained into {path}/unet and {path}/scheduler")
+    try:
+        unet = UNet2DModel.from_pretrained(path / "unet", local_files_only=True, low_cpu_mem_usage=False).eval()
+        scheduler = DDPMScheduler.from_pretrained(path / "scheduler", local_files_only=True)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise CertsegError(f"cannot load the denoiser from {path}: {str(e).splitlines()[0]}")
+    if scheduler.config.prediction_type != "epsilon":
+        raise CertsegError(f"denoiser scheduler predicts {scheduler.config.prediction_type!r}; one-step "
+                           f"denoising here needs an epsilon-prediction DDPM")
+    files = {f"denoiser/{p.relative_to(path)}": p for p in sorted(path.rglob("*")) if p.is_file()}
+    return unet, scheduler, files
+
+
+def load_model_dir(path: Path, denoiser: bool = True) -> SourceModel:
+    path = Path(path)
+    config_path = path / "segmenter.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise CertsegError(f"{path} is not a model directory: it has no segmenter.json")
+    except json.JSONDecodeError as e:
+        raise CertsegError(f"{config_path} is not valid JSON ({e})")
+    kwargs = config.get("kwargs", {})
+    segmenter = load_factory(config["factory"])(**kwargs)
+    weights = path / "segmenter.safetensors"
+    load_safetensors_into(segmenter, weights)
+    inp = config["input"]
+    model = SourceModel(segmenter=segmenter.eval(), classes=list(config["classes"]), channels=int(inp["channels"]),
+                        height=int(inp["height"]), width=int(inp["width"]),
+                        size_multiple=int(inp.get("size_multiple", 1)),
+                        files={"segmenter.json": config_path, "segmenter.safetensors": weights})
+    if denoiser and (path / "denoiser").is_dir():
+        model.unet, model.scheduler, files = load_denoiser(path / "denoiser")
+        model.files.update(files)
+        down = 2 ** (len(model.unet.config.block_out_channels) - 1)
+        model.size_multiple = math.lcm(model.size_multiple, down)
+    return model
+
+
+def load_torchscript(path: Path) -> torch.nn.Module:
+    try:
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    except (RuntimeError, ValueError, OSError) as e:
+        raise CertsegError(f"cannot load TorchScript segmenter {path} ({str(e).strip().splitlines()[0][:160]}); "
+                           f"save it with torch.jit.save(torch.jit.script(model), path)")
+
+
+def load_source(model_dir: Path, *, segmenter: str | None = None, weights: Path | None = None,
+                kwargs: dict | None = None, classes: list[str] | None = None, image_size: tuple[int, int] | None = None,
+                denoiser: str | None = None) -> SourceModel:
+    """Model intake for export: a model directory, with any part replaced by the user's own.
+
+    segmenter: a TorchScript file (.pt/.ts/.torchscript) or 'package.module:factory' (with `weights`,
+    safetensors, and `kwargs`).  denoiser: a diffusers directory, or 'none' for plain randomized
+    smoothing.  classes / image_size override the model directory's.
+    """
+    source = load_model_dir(model_dir, denoiser=denoiser is None)
+    if segmenter is not None:
+        if Path(segmenter).suffix.lower() == ".onnx":
+            from .onnx_compose import segmenter_signature
+
+            if not Path(segmenter).is_file():
+                raise CertsegError(f"ONNX segmenter {segmenter} does not exist")
+            channels, num_classes = segmenter_signature(Path(segmenter))
+            names = classes or source.classes
+            if num_classes is not None and num_classes != len(names):
+                raise CertsegError(f"ONNX segmenter {segmenter} outputs {num_classes} classes but {len(names)} class "
+                                   f"names are given; pass --classes with {num_classes} names")
+            if channels is not None and channels != source.channels:
+                raise CertsegError(f"ONNX segmenter {segmenter} takes {channels} channels, the model directory "
+                                   f"{source.channels}")
+            module, files = None, {"segmenter.onnx": Path(segmenter)}
+            source.segmenter_onnx = Path(segmenter)
+        elif Path(segmenter).is_file():
+            module = load_torchscript(Path(segmenter))
+            files = {"segmenter.torchscript": Path(segmenter)}
+        elif ":" in segmenter:
+            factory = load_factory(segmenter)
+            if weights is None:
+                raise CertsegError(f"--segmenter {segmenter} is a factory: give its weights with --segmenter-weights")
+            module = load_safetensors_into(factory(**(kwargs or {})), Path(weights)).eval()
+            files = {"segmenter.safetensors": Path(weights)}
+        else:
+            raise CertsegError(f"--segmenter {segmenter} is neither a file nor 'package.module:factory'")
+        source.segmenter = module
+        source.files = {k: v for k, v in source.files.items() if not k.startswith("segmenter")} | files
+    if denoiser is not None and denoiser.lower() != "none":
+        source.unet, source.scheduler, files = load_denoiser(Path(denoiser))
+        source.files = {k: v for k, v in source.files.items() if not k.startswith("denoiser/")} | files
+    if classes is not None:
+        source.classes = list(classes)
+    if image_size is not None:
+        source.height, source.width = image_size
+    for side in (source.height, source.width):
+        if side % source.size_multiple:
+            raise CertsegError(f"image size {source.height}x{source.width} must be a multiple of "
+                               f"{source.size_multiple} for this model")
+    return source

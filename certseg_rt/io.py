@@ -1,0 +1,139 @@
+"""Images in, masks and certificates out.  Every write is atomic: a temporary file, then a rename."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+from .errors import CertsegError, InputError
+
+# Colours of the overlay: one per class (background transparent), abstained pixels magenta.
+CLASS_COLOURS = np.array([[0, 0, 0], [46, 134, 222], [39, 174, 96], [231, 76, 60],
+                          [241, 196, 15], [155, 89, 182], [26, 188, 156], [230, 126, 34]], np.uint8)
+ABSTAIN_COLOUR = np.array([255, 0, 255], np.uint8)
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside `path`; on success rename it over `path`, on failure remove it."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CertsegError(f"cannot write to {path.parent}: {e.strerror}; choose a writable output path")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; results are ordinary files
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, data) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def write_mask(path: Path, labels: np.ndarray) -> None:
+    """Certified mask as an 8-bit PNG: class index per pixel, 255 = abstain."""
+    write_png(path, np.asarray(labels, np.uint8))
+
+
+def _to_unit_range(a: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if a.dtype == np.uint16 or mode.startswith("I;16"):
+        return a.astype(np.float32) / 65535.0
+    if np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            raise InputError(f"{path} contains NaN or Inf values; clean the image before certifying")
+        if a.min() < 0.0 or a.max() > 1.0:
+            raise InputError(f"{path} has float values in [{a.min():.3g}, {a.max():.3g}]; the model takes "
+                             f"[0, 1]: rescale the image")
+        return a
+    raise InputError(f"{path} has pixel type {a.dtype} (mode {mode}); give 8- or 16-bit integers or floats in [0, 1]")
+
+
+def read_image(path: Path, channels: int = 1) -> np.ndarray:
+    """An image file -> float32 (channels, H, W) in [0, 1].
+
+    PNG, JPEG, TIFF (8/16-bit or float) and .npy ((H, W) or (C, H, W)).  An RGB file whose three
+    channels are equal is grayscale; a colour image given to a one-channel model is an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image {path} does not exist (or is not a file)")
+    mode = "npy"
+    if path.suffix.lower() == ".npy":
+        try:
+            a = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise InputError(f"cannot read {path} as a numpy array ({e}); save it with numpy.save")
+        if a.ndim == 3:
+            a = np.moveaxis(a, 0, -1) if a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4) else a
+    else:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                im.load()
+                mode = im.mode
+                if mode == "P":
+                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                    mode = im.mode
+                a = np.asarray(im)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise InputError(f"cannot read image {path}: {e} (truncated or not an image); give a PNG, JPEG or TIFF")
+    if a.ndim == 3 and a.shape[-1] in (2, 4):
+        a = a[..., :-1]  # drop the alpha channel
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 3):
+        raise InputError(f"image {path} has shape {a.shape}; expected (H, W), (H, W, 3) or (C, H, W)")
+    if a.shape[-1] == 3 and channels == 1:
+        if not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
+            raise InputError(f"{path} is a colour image but the model takes 1 channel; convert it to grayscale "
+                             f"(e.g. PIL's .convert('L')) or use a 3-channel model")
+        a = a[..., :1]
+    elif a.shape[-1] == 1 and channels == 3:
+        raise InputError(f"{path} is grayscale but the model takes 3 channels (RGB); give a colour image "
+                         f"or use a 1-channel model")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise InputError(f"image {path} is empty")
+    return np.ascontiguousarray(np.moveaxis(_to_unit_range(a, mode, path), -1, 0))
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """RGB uint8 picture: the image in gray, certified classes tinted, abstained pixels magenta."""
+    gray = np.asarray(image, np.float32)
+    gray = gray.mean(axis=0) if gray.ndim == 3 else gray
+    rgb = np.repeat((np.clip(gray, 0, 1) * 255)[..., None], 3, axis=-1)
+    labels = np.asarray(labels)
+    colours = np.zeros((256, 3), np.float32)
+    colours[:len(CLASS_COLOURS)] = CLASS_COLOURS
+    colours[255] = ABSTAIN_COLOUR
+    tint = colours[labels]
+    painted = (labels != 0)[..., None]
+    out = np.where(painted, (1 - alpha) * rgb + alpha * tint, rgb)
+    out[labels == 255] = ABSTAIN_COLOUR  # abstentions fully marked: they carry no claim
+    return out.astype(np.uint8)

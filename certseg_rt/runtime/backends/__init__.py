@@ -1,0 +1,1 @@
+"""Backends: each counts votes of one base model under the project's keyed noise."""

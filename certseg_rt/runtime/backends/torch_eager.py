@@ -1,0 +1,45 @@
+"""The PyTorch reference backend: DenoiseSegment in eager mode, batched, under inference_mode."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..sampling import GraphBackend
+
+
+class TorchEagerBackend(GraphBackend):
+    name = "torch-eager"
+
+    def __init__(self, model: torch.nn.Module, *, sigma: float, num_classes: int, channels: int,
+                 size_multiple: int, batch_size: int = 16, threads: int | None = None):
+        super().__init__(sigma=sigma, num_classes=num_classes, channels=channels, size_multiple=size_multiple,
+                         batch_size=batch_size)
+        self.model = model.eval()
+        if threads:
+            torch.set_num_threads(threads)
+
+    def infer(self, x_noisy: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(x_noisy)).numpy()
+
+
+def reference_backend(model_dir, sigma: float, *, batch_size: int = 16, denoiser: bool = True,
+                      threads: int | None = None) -> TorchEagerBackend:
+    """The torch reference backend for a model directory, with what it certifies recorded on it."""
+    from ...export.loaders import load_model_dir
+    from ...manifest import hash_files
+
+    source = load_model_dir(model_dir, denoiser=denoiser)
+    backend = TorchEagerBackend(source.denoise_segment(sigma), sigma=sigma, num_classes=source.num_classes,
+                                channels=source.channels, size_multiple=source.size_multiple,
+                                batch_size=batch_size, threads=threads)
+    step = source.one_step(sigma)
+    backend.source = source
+    backend.record = {
+        "backend": backend.name,
+        "precision": "fp32",
+        "denoiser": None if step is None else {"timestep": step.timestep, "alpha_bar": step.alpha_bar},
+        "model_files": hash_files(source.files),
+        "torch": torch.__version__,
+    }
+    return backend

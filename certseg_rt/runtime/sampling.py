@@ -1,0 +1,77 @@
+"""The sampling loop for backends that run a graph x_noisy -> labels: noise -> infer -> votes.
+
+Noise is generated outside the graph (``certseg_rt.kernels``), keyed by (seed, sample index), so
+batching never changes which noise a sample sees and every backend sees the same noise.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .. import kernels
+from .._ext_loader import ext
+from ..errors import InputError
+
+# The compiled kernels (cpp_ext/) when this install has them; the numpy reference otherwise.  Both
+# produce the same numbers (tests/test_ext_kernels.py), so which one ran never changes a certificate.
+_kernels = ext if ext is not None else kernels
+
+
+def check_input(x: np.ndarray, channels: int, size_multiple: int = 1) -> np.ndarray:
+    """The image as the model takes it: float32 (C, H, W), finite; otherwise an InputError saying why."""
+    x = np.asarray(x)
+    if x.ndim == 2 and channels == 1:
+        x = x[None]
+    if x.ndim != 3 or x.shape[0] != channels:
+        raise InputError(f"image has shape {x.shape}; the model takes ({channels}, H, W)")
+    if x.shape[1] == 0 or x.shape[2] == 0:
+        raise InputError(f"image is empty (shape {x.shape})")
+    if x.shape[1] % size_multiple or x.shape[2] % size_multiple:
+        raise InputError(f"image is {x.shape[1]}x{x.shape[2]}; the model needs height and width that are "
+                         f"multiples of {size_multiple} (resize or pad the image)")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise InputError(f"image dtype is {x.dtype}; give float values in [0, 1] (io.read_image converts files)")
+    if not np.isfinite(x).all():
+        raise InputError("image contains NaN or Inf values; clean or re-export the image")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class GraphBackend:
+    """Base for backends that only run a graph: subclasses implement ``infer`` (and set the attributes)."""
+
+    name = "graph"
+
+    def __init__(self, *, sigma: float, num_classes: int, channels: int, size_multiple: int, batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.sigma = float(sigma)
+        self.num_classes = int(num_classes)
+        self.channels = int(channels)
+        self.size_multiple = int(size_multiple)
+        self.batch_size = int(batch_size)
+        self.progress: Callable[[int], None] | None = None  # called with the number of samples done
+        self.record: dict = {"backend": self.name}  # what a certificate records about the model and backend
+        self._noisy = np.empty((0,), np.float32)  # reused across calls; reallocated only when the shape grows
+
+    def infer(self, x_noisy: np.ndarray) -> np.ndarray:
+        """float32 (B, C, H, W) -> uint8 labels (B, H, W)."""
+        raise NotImplementedError
+
+    def _buffer(self, shape: tuple[int, ...]) -> np.ndarray:
+        full = (self.batch_size, *shape)
+        if self._noisy.shape != full:
+            self._noisy = np.empty(full, np.float32)
+        return self._noisy
+
+    def sample_counts(self, x: np.ndarray, num: int, seed: int, offset: int) -> np.ndarray:
+        x = check_input(x, self.channels, self.size_multiple)
+        counts = np.zeros((self.num_classes, *x.shape[1:]), np.int32)
+        noisy = self._buffer(x.shape)
+        for start in range(0, num, self.batch_size):
+            b = min(self.batch_size, num - start)
+            _kernels.fill_noisy(x, self.sigma, seed, offset + start, noisy[:b])
+            _kernels.accumulate_votes(self.infer(noisy[:b]), counts)
+            if self.progress is not None:
+                self.progress(b)
+        return counts

@@ -1,0 +1,310 @@
+// certseg_rt._ext: thin nanobind bindings over the C API (include/certseg.h).
+//
+// Arrays arrive zero-copy through DLPack / the buffer protocol and are never converted: a wrong
+// dtype raises TypeError, a wrong shape or a non-contiguous array ValueError, a read-only output
+// TypeError.  The GIL is released while the loops run.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+
+#include <cstdint>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "certseg.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+using InArray = nb::ndarray<nb::ro, nb::device::cpu>;  // any dtype, read-only access is enough
+using OutArray = nb::ndarray<nb::device::cpu>;         // any dtype, must be writable
+
+std::string dtype_name(nb::dlpack::dtype dt) {
+  std::string kind;
+  switch (static_cast<nb::dlpack::dtype_code>(dt.code)) {
+    case nb::dlpack::dtype_code::Int: kind = "int"; break;
+    case nb::dlpack::dtype_code::UInt: kind = "uint"; break;
+    case nb::dlpack::dtype_code::Float: kind = "float"; break;
+    case nb::dlpack::dtype_code::Bfloat: kind = "bfloat"; break;
+    case nb::dlpack::dtype_code::Complex: kind = "complex"; break;
+    case nb::dlpack::dtype_code::Bool: return "bool";
+    default: kind = "dtype(code=" + std::to_string(dt.code) + ")"; break;
+  }
+  return kind + std::to_string(dt.bits) + (dt.lanes != 1 ? "x" + std::to_string(dt.lanes) : "");
+}
+
+template <class Array>
+std::string shape_str(const Array& a) {
+  std::string s = "(";
+  for (size_t i = 0; i < a.ndim(); ++i) {
+    s += std::to_string(a.shape(i));
+    if (a.ndim() == 1 || i + 1 < a.ndim()) s += a.ndim() == 1 ? "," : ", ";
+  }
+  return s + ")";
+}
+
+// C order; like numpy, the stride of a dimension of extent 1 does not matter.
+template <class Array>
+bool c_contiguous(const Array& a) {
+  for (size_t i = 0; i < a.ndim(); ++i) {
+    if (a.shape(i) == 0) return true;  // empty: nothing to address
+  }
+  int64_t expected = 1;
+  for (size_t i = a.ndim(); i-- > 0;) {
+    if (a.shape(i) != 1 && a.stride(i) != expected) return false;
+    expected *= static_cast<int64_t>(a.shape(i));
+  }
+  return true;
+}
+
+template <class Array>
+void require(const Array& a, const char* name, nb::dlpack::dtype dt, size_t min_ndim) {
+  if (a.dtype() != dt) {
+    throw nb::type_error((std::string(name) + " must be a " + dtype_name(dt) + " array, got " + dtype_name(a.dtype()) +
+                          " (convert it with .astype(np." + dtype_name(dt) + "))").c_str());
+  }
+  if (a.ndim() < min_ndim) {
+    throw nb::value_error((std::string(name) + " must have at least " + std::to_string(min_ndim) +
+                           " dimensions, got shape " + shape_str(a)).c_str());
+  }
+  if (!c_contiguous(a)) {
+    throw nb::value_error((std::string(name) + " must be C-contiguous (use np.ascontiguousarray), got shape " +
+                           shape_str(a) + " with non-contiguous strides").c_str());
+  }
+}
+
+// Product of the extents from dimension `first` on.
+template <class Array>
+size_t extent_from(const Array& a, size_t first) {
+  size_t n = 1;
+  for (size_t i = first; i < a.ndim(); ++i) n *= a.shape(i);
+  return n;
+}
+
+template <class A, class B>
+bool same_trailing_shape(const A& a, const B& b) {  // a.shape[1:] == b.shape[1:]
+  if (a.ndim() != b.ndim()) return false;
+  for (size_t i = 1; i < a.ndim(); ++i) {
+    if (a.shape(i) != b.shape(i)) return false;
+  }
+  return true;
+}
+
+void check(int rc) {
+  if (rc == CERTSEG_OK) return;
+  const std::string message = certseg_last_error();
+  if (rc == CERTSEG_ERR_ARGUMENT || rc == CERTSEG_ERR_LABEL) throw nb::value_error(message.c_str());
+  if (rc == CERTSEG_ERR_MEMORY) throw std::bad_alloc();
+  throw std::runtime_error(message);
+}
+
+template <class T>
+nb::ndarray<nb::numpy, T> new_array(const std::vector<size_t>& shape, T** data) {
+  size_t size = 1;
+  for (size_t s : shape) size *= s;
+  T* buffer = new T[size > 0 ? size : 1];
+  nb::capsule owner(buffer, [](void* p) noexcept { delete[] static_cast<T*>(p); });
+  *data = buffer;
+  return nb::ndarray<nb::numpy, T>(buffer, shape.size(), shape.data(), owner);
+}
+
+nb::tuple philox4x32(InArray counter, InArray key) {
+  require(counter, "counter", nb::dtype<uint32_t>(), 1);
+  require(key, "key", nb::dtype<uint32_t>(), 1);
+  if (counter.ndim() != 1 || counter.shape(0) != 4) {
+    throw nb::value_error(("counter must have shape (4,), got " + shape_str(counter)).c_str());
+  }
+  if (key.ndim() != 1 || key.shape(0) != 2) {
+    throw nb::value_error(("key must have shape (2,), got " + shape_str(key)).c_str());
+  }
+  uint32_t out[4];
+  certseg_philox4x32(static_cast<const uint32_t*>(counter.data()), static_cast<const uint32_t*>(key.data()), out);
+  return nb::make_tuple(out[0], out[1], out[2], out[3]);
+}
+
+void fill_noisy(InArray x, double sigma, uint64_t seed, uint64_t first_sample, OutArray out, double scale,
+                double shift) {
+  require(x, "x", nb::dtype<float>(), 1);
+  require(out, "out", nb::dtype<float>(), 1);
+  const size_t elements = x.size();
+  const size_t batch = out.shape(0);
+  bool ok = extent_from(out, 1) == elements;
+  if (ok && !(out.ndim() == 2 && out.shape(1) == elements)) {  // else out.shape[1:] must equal x.shape
+    ok = out.ndim() == x.ndim() + 1;
+    for (size_t i = 0; ok && i < x.ndim(); ++i) ok = out.shape(i + 1) == x.shape(i);
+  }
+  if (!ok) {
+    throw nb::value_error(("out must have shape (B, " + std::to_string(elements) + ") or (B, *x.shape) for x of shape " +
+                           shape_str(x) + ", got " + shape_str(out)).c_str());
+  }
+  int rc;
+  {
+    nb::gil_scoped_release release;
+    rc = certseg_fill_noisy(static_cast<const float*>(x.data()), elements, static_cast<float>(sigma), seed,
+                            first_sample, batch, static_cast<float>(scale), static_cast<float>(shift),
+                            static_cast<float*>(out.data()));
+  }
+  check(rc);
+}
+
+void gaussian_noise(uint64_t seed, uint64_t first_sample, OutArray out) {
+  require(out, "out", nb::dtype<float>(), 2);
+  const size_t batch = out.shape(0);
+  const size_t elements = extent_from(out, 1);
+  int rc;
+  {
+    nb::gil_scoped_release release;
+    rc = certseg_gaussian_noise(seed, first_sample, batch, elements, static_cast<float*>(out.data()));
+  }
+  check(rc);
+}
+
+void accumulate_votes(InArray labels, OutArray counts) {
+  require(labels, "labels", nb::dtype<uint8_t>(), 2);
+  require(counts, "counts", nb::dtype<int32_t>(), 2);
+  if (!same_trailing_shape(labels, counts)) {
+    throw nb::value_error(("labels (B, *S) and counts (C, *S) must agree after the first axis, got labels " +
+                           shape_str(labels) + " and counts " + shape_str(counts)).c_str());
+  }
+  const size_t batch = labels.shape(0);
+  const size_t pixels = extent_from(labels, 1);
+  const size_t num_classes = counts.shape(0);
+  int rc;
+  {
+    nb::gil_scoped_release release;
+    rc = certseg_accumulate_votes(static_cast<const uint8_t*>(labels.data()), batch, pixels,
+                                  static_cast<int32_t*>(counts.data()), num_classes);
+  }
+  check(rc);
+}
+
+nb::tuple certify_counts(InArray counts0, InArray counts, int64_t n, double tau, double alpha,
+                         const std::string& correction) {
+  require(counts0, "counts0", nb::dtype<int32_t>(), 2);
+  require(counts, "counts", nb::dtype<int32_t>(), 2);
+  if (counts0.ndim() != counts.ndim() || counts0.shape(0) != counts.shape(0) ||
+      !same_trailing_shape(counts0, counts)) {
+    throw nb::value_error(("counts0 " + shape_str(counts0) + " and counts " + shape_str(counts) +
+                           " must have the same shape (C, *S)").c_str());
+  }
+  certseg_correction corr;
+  if (correction == "holm") {
+    corr = CERTSEG_HOLM;
+  } else if (correction == "bonferroni") {
+    corr = CERTSEG_BONFERRONI;
+  } else {
+    throw nb::value_error(("correction must be 'holm' or 'bonferroni', got '" + correction + "'").c_str());
+  }
+  const size_t num_classes = counts.shape(0);
+  const size_t pixels = extent_from(counts, 1);
+  std::vector<size_t> shape;
+  for (size_t i = 1; i < counts.ndim(); ++i) shape.push_back(counts.shape(i));
+  uint8_t* labels_data = nullptr;
+  double* pvalues_data = nullptr;
+  auto labels = new_array<uint8_t>(shape, &labels_data);
+  auto pvalues = new_array<double>(shape, &pvalues_data);
+  int rc;
+  {
+    nb::gil_scoped_release release;
+    rc = certseg_certify_counts(static_cast<const int32_t*>(counts0.data()), static_cast<const int32_t*>(counts.data()),
+                                num_classes, pixels, n, tau, alpha, corr, labels_data, pvalues_data);
+  }
+  check(rc);
+  return nb::make_tuple(labels, pvalues);
+}
+
+void set_num_threads(int n) { check(certseg_set_num_threads(n)); }
+
+// Raw device pointers (for example a TensorRT engine's input binding) and a cudaStream_t as int.
+void cuda_check(int rc) {
+  if (rc == CERTSEG_OK) return;
+  if (rc == CERTSEG_ERR_ARGUMENT) throw nb::value_error(certseg_last_error());
+  throw std::runtime_error(certseg_last_error());
+}
+
+void cuda_gaussian_noise(uint64_t seed, uint64_t first_sample, size_t batch, size_t elements, uintptr_t out_ptr,
+                         uintptr_t stream) {
+  int rc;
+  {
+    nb::gil_scoped_release release;
+    rc = certseg_cuda_gaussian_noise(seed, first_sample, batch, elements, reinterpret_cast<float*>(out_ptr),
+                                     reinterpret_cast<void*>(stream));
+  }
+  cuda_check(rc);
+}
+
+void cuda_fill_noisy(uintptr_t x_ptr, size_t elements, double sigma, uint64_t seed, uint64_t first_sample,
+                     size_t batch, uintptr_t out_ptr, double scale, double shift, uintptr_t stream) {
+  int rc;
+  {
+    nb::gil_scoped_release release;
+    rc = certseg_cuda_fill_noisy(reinterpret_cast<const float*>(x_ptr), elements, static_cast<float>(sigma), seed,
+                                 first_sample, batch, static_cast<float>(scale), static_cast<float>(shift),
+                                 reinterpret_cast<float*>(out_ptr), reinterpret_cast<void*>(stream));
+  }
+  cuda_check(rc);
+}
+
+void cuda_accumulate_votes(uintptr_t labels_ptr, size_t batch, size_t pixels, uintptr_t counts_ptr,
+                           size_t num_classes, uintptr_t bad_label_ptr, uintptr_t stream) {
+  int rc;
+  {
+    nb::gil_scoped_release release;
+    rc = certseg_cuda_accumulate_votes(reinterpret_cast<const uint8_t*>(labels_ptr), batch, pixels,
+                                       reinterpret_cast<int32_t*>(counts_ptr), num_classes,
+                                       reinterpret_cast<int32_t*>(bad_label_ptr), reinterpret_cast<void*>(stream));
+  }
+  cuda_check(rc);
+}
+
+}  // namespace
+
+NB_MODULE(_ext, m) {
+  m.doc() =
+      "Compiled kernels of certseg-rt (cpp_ext/): Philox4x32-10 Gaussian noise, noisy inputs and vote counting on "
+      "the CPU (OpenMP) and, when compiled with CUDA, on device pointers; and the certify step from vote counts. "
+      "Same numbers as the numpy reference certseg_rt.kernels, bit for bit.";
+
+  m.def("philox4x32", &philox4x32, "counter"_a.noconvert(), "key"_a.noconvert(),
+        "Philox4x32-10 of one counter (uint32 (4,)) under one key (uint32 (2,)) -> 4 ints.");
+  m.def("fill_noisy", &fill_noisy, "x"_a.noconvert(), "sigma"_a, "seed"_a, "first_sample"_a, "out"_a.noconvert(),
+        "scale"_a = 1.0, "shift"_a = 0.0,
+        "out[b] = (x + sigma * eps(seed, first_sample + b)) * scale + shift, float32, in place.\n\n"
+        "x: float32 C-contiguous, any shape (E elements); out: writable float32 C-contiguous (B, E) or (B, *x.shape). "
+        "With scale=1 and shift=0 the affine is skipped (out = x + sigma * eps exactly).");
+  m.def("gaussian_noise", &gaussian_noise, "seed"_a, "first_sample"_a, "out"_a.noconvert(),
+        "out[b] = eps(seed, first_sample + b): the standard normals of the noise contract, float32 (B, ...), "
+        "in place.");
+  m.def("accumulate_votes", &accumulate_votes, "labels"_a.noconvert(), "counts"_a.noconvert(),
+        "counts[c, p] += #{b : labels[b, p] == c}; labels uint8 (B, *S), counts int32 (C, *S), in place.\n\n"
+        "A label >= C raises ValueError naming it and leaves counts unchanged.");
+  m.def("certify_counts", &certify_counts, "counts0"_a.noconvert(), "counts"_a.noconvert(), "n"_a, "tau"_a,
+        "alpha"_a, "correction"_a = "holm",
+        "The certify step: (labels uint8 *S with 255 = abstain, pvalues float64 *S) from int32 counts (C, *S).\n\n"
+        "candidate = argmax counts0 (ties to the lowest class), p = P(Binom(n, tau) >= counts[candidate]), "
+        "Holm or Bonferroni over all pixels at level alpha; same decisions as certseg_rt.stats.");
+  m.def("set_num_threads", &set_num_threads, "n"_a,
+        "Threads of the CPU loops: n >= 1, or 0 for the OpenMP default. Results do not depend on it.");
+  m.def("get_num_threads", &certseg_get_num_threads, "Threads the CPU loops use (1 without OpenMP).");
+  m.def("cuda_compiled", []() { return certseg_cuda_compiled() != 0; },
+        "True if the CUDA kernels were compiled in (does not touch the CUDA runtime).");
+  m.def("cuda_device_count", &certseg_cuda_device_count,
+        "Usable CUDA devices (0 without CUDA support, a driver or a GPU). Initialises the CUDA runtime.");
+  m.def("cuda_gaussian_noise", &cuda_gaussian_noise, "seed"_a, "first_sample"_a, "batch"_a, "elements"_a,
+        "out_ptr"_a, "stream"_a = 0,
+        "gaussian_noise on a device pointer (float32 (batch, elements)), launched asynchronously on the stream "
+        "(a cudaStream_t as int, 0 = default). RuntimeError without CUDA.");
+  m.def("cuda_fill_noisy", &cuda_fill_noisy, "x_ptr"_a, "elements"_a, "sigma"_a, "seed"_a, "first_sample"_a,
+        "batch"_a, "out_ptr"_a, "scale"_a = 1.0, "shift"_a = 0.0, "stream"_a = 0,
+        "fill_noisy on device pointers (x float32 (elements,), out float32 (batch, elements)), for example straight "
+        "into an inference engine's input buffer; asynchronous on the stream. RuntimeError without CUDA.");
+  m.def("cuda_accumulate_votes", &cuda_accumulate_votes, "labels_ptr"_a, "batch"_a, "pixels"_a, "counts_ptr"_a,
+        "num_classes"_a, "bad_label_ptr"_a = 0, "stream"_a = 0,
+        "accumulate_votes on device pointers; bad_label_ptr (int32 on the device, set to -1 by the caller) receives "
+        "the largest out-of-range label. Asynchronous on the stream. RuntimeError without CUDA.");
+}
