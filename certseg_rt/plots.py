@@ -1,0 +1,63 @@
+"""Pictures people would rather look at than read.  matplotlib is imported only here (extra [plots])."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def dice_vs_radius(summary: dict, path: Path) -> Path:
+    """Certified Dice per foreground class against the certified radius, one line style per config."""
+    from .io import atomic_path
+
+    plt = _pyplot()
+    classes = summary["classes"][1:]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    styles = ["-o", "--s", ":^", "-.v"]
+    configs = sorted({r["config"] for r in summary["overall"]})
+    for ci, config in enumerate(configs):
+        rows = sorted((r for r in summary["overall"] if r["config"] == config), key=lambda r: r["radius"])
+        radius = [r["radius"] for r in rows]
+        for k, name in enumerate(classes):
+            ax.plot(radius, [r[f"certified_dice_{name}"] for r in rows], styles[ci % len(styles)],
+                    color=f"C{k}", label=f"{name} ({config})")
+    ax.set_xlabel("certified L2 radius (sigma * Phi^-1(tau))")
+    ax.set_ylabel("certified Dice")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Certified Dice against radius (abstentions count as misses)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def overlay_grid(tiles: list[tuple[str, np.ndarray]], path: Path, columns: int = 4) -> Path:
+    """A grid of RGB overlays (io.overlay) with their titles."""
+    from .io import atomic_path
+
+    plt = _pyplot()
+    rows = max(1, -(-len(tiles) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (title, rgb) in zip(axes.ravel(), tiles):
+        ax.imshow(rgb)
+        ax.set_title(title, fontsize=8)
+    fig.suptitle("certified classes coloured; magenta = abstained", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
