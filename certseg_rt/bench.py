@@ -1,31 +1,72 @@
-"""Latency of certifying one image, per backend and batch size, measured in one run on one machine.
+"""Certify latency and quality per backend, precision, image size and batch size, in one run on one machine.
 
-Each row times the whole CERTIFY (n0 + n samples, noise, inference, votes, statistics) on a held-out
-phantom, median of repeats after one warm-up.  Used by ``certseg-rt bench`` and ``benchmarks/``.
+Rows (each measured in its own subprocess, so peak RSS is the row's own):
+
+* ``reference-loop``: the published way: batch 1 torch eager, a Python loop of per-pixel
+  ``scipy.stats.binomtest`` and statsmodels' Holm.
+* ``torch-eager``: the torch reference backend, batched, at its best batch size.
+* ``onnxruntime`` (fp32, int8): certseg-rt's CPU path: an engine directory, keyed noise and votes in the
+  compiled extension, table-lookup statistics.
+
+Each row: median seconds of whole CERTIFY calls (n0 + n samples, noise, inference, votes, statistics)
+after a warm-up, samples/s, peak RSS, certified Dice on a fixed set of held-out phantoms, achieved
+GFLOP/s and its fraction of the machine's estimated fp32 peak.  Used by ``certseg-rt bench``.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
-from .certify import certify
+
+DICE_PHANTOMS = 3  # fixed held-out phantoms for each row's certified Dice
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size.  VmHWM belongs to the address space, so unlike ru_maxrss it
+    does not inherit the parent's peak across fork + exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def machine() -> dict:
-    cpu = platform.processor() or "unknown"
+    cpu, mhz, flags = platform.processor() or "unknown", None, ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and cpu in ("unknown", ""):
+                cpu = value.strip()
+            elif key == "model name":
+                cpu = value.strip()
+            elif key == "cpu MHz" and mhz is None:
+                mhz = float(value)
+            elif key == "flags" and not flags:
+                flags = value
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "certseg_rt": __version__}
+    cores = os.cpu_count() or 1
+    # fp32 FLOP per cycle per core: two FMA units x (16 lanes with AVX-512, 8 with AVX2) x 2 (multiply + add).
+    per_cycle = 64 if "avx512f" in flags else 32 if "avx2" in flags else 8
+    info = {"cpu": cpu, "cores": cores, "mhz": mhz, "python": platform.python_version(), "certseg_rt": __version__,
+            "isa": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags.split()],
+            "fp32_peak_gflops_estimate": round(cores * (mhz or 0) / 1000 * per_cycle, 1),
+            "peak_assumption": f"{cores} cores x {mhz} MHz x {per_cycle} fp32 FLOP/cycle (2 FMA units)"}
     for mod in ("numpy", "torch", "onnxruntime"):
         try:
             info[mod] = __import__(mod).__version__
@@ -37,88 +78,197 @@ def machine() -> dict:
     return info
 
 
-def time_certify(backend, image, *, n0: int, n: int, repeats: int) -> list[float]:
-    certify(backend, image, n0=n0, n=n, seed=0)  # warm-up: first-run allocations, lazy init
+def gflop_per_sample(model_dir: Path, size: int) -> float:
+    """Multiply-adds x 2 of denoiser + segmenter on one sample, counted by torch."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .export.loaders import load_model_dir
+
+    src = load_model_dir(model_dir)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        src.denoise_segment(0.25, output="logits")(torch.rand(1, src.channels, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+# ---------------------------------------------------------------------------------------- one row
+def _reference_loop_certify(model, x, *, n0, n, tau, alpha, seed, sigma):
+    """The published implementation's shape: one sample per forward pass, a per-pixel Python loop of tests."""
+    import torch
+    from scipy.stats import binomtest
+    from statsmodels.stats.multitest import multipletests
+
+    from .kernels import gaussian_noise
+    from .stats import certified_radius
+
+    C = model.num_classes
+    H, W = x.shape[1:]
+
+    def counts_of(num, offset):
+        counts = np.zeros((C, H, W), np.int64)
+        for i in range(num):
+            eps = gaussian_noise(seed, offset + i, 1, x.size).reshape(x.shape)
+            with torch.inference_mode():
+                labels = model.net(torch.from_numpy(x + np.float32(sigma) * eps)[None])[0].numpy()
+            for c in range(C):
+                counts[c] += labels == c
+        return counts
+
+    counts0, counts = counts_of(n0, 0), counts_of(n, n0)
+    cand = counts0.argmax(0)
+    pvalues = np.empty(H * W)
+    for p, (i, j) in enumerate(np.ndindex(H, W)):
+        pvalues[p] = binomtest(int(counts[cand[i, j], i, j]), n, tau, alternative="greater").pvalue
+    reject = multipletests(pvalues, alpha=alpha, method="holm")[0].reshape(H, W)
+    return np.where(reject, cand, 255).astype(np.uint8), certified_radius(sigma, tau)
+
+
+def run_row(spec: dict) -> dict:
+    """Time one configuration (called in a fresh subprocess)."""
+    from .certify import certify
+    from .data.phantom import HELD_OUT_SEEDS, make_phantom
+    from .metrics import mean_foreground_dice
+
+    size, n0, n, repeats, bs = spec["image_size"], spec["n0"], spec["n"], spec["repeats"], spec["batch_size"]
+    images = [make_phantom(HELD_OUT_SEEDS[700 + i], size=size) for i in range(DICE_PHANTOMS)]
+    if spec["backend"] == "onnxruntime":
+        from .runtime.segmenter import CertifiedSegmenter
+
+        backend = CertifiedSegmenter.load(spec["engine"], batch_size=bs).backend
+        run = lambda x, seed: certify(backend, x, n0=n0, n=n, seed=seed).labels
+    else:
+        from .runtime.backends.torch_eager import reference_backend
+
+        backend = reference_backend(Path(spec["model"]), 0.25, batch_size=bs)
+        if spec["backend"] == "reference-loop":
+            class Net:  # what the loop needs: the DenoiseSegment module and the class count
+                net, num_classes = backend.model, backend.num_classes
+            run = lambda x, seed: _reference_loop_certify(Net, x, n0=n0, n=n, tau=0.75, alpha=0.001, seed=seed,
+                                                          sigma=0.25)[0]
+        else:
+            run = lambda x, seed: certify(backend, x, n0=n0, n=n, seed=seed).labels
+    run(images[0].image, 0)  # warm-up
     times = []
     for r in range(repeats):
         start = time.perf_counter()
-        certify(backend, image, n0=n0, n=n, seed=r + 1)
+        run(images[r % len(images)].image, r + 1)
         times.append(time.perf_counter() - start)
-    return times
-
-
-def _row(backend_name, precision, image_size, n0, n, batch_size, times) -> dict:
+    dice = [mean_foreground_dice(run(ph.image, 100 + i), ph.mask, 4) for i, ph in enumerate(images)] \
+        if spec.get("dice", True) else []
     med = statistics.median(times)
-    return {"backend": backend_name, "precision": precision, "image_size": image_size, "n0": n0, "n": n,
-            "batch_size": batch_size, "seconds_median": round(med, 4), "seconds": [round(t, 4) for t in times],
-            "samples_per_second": round((n0 + n) / med, 1)}
+    flops = spec["gflop_per_sample"] * (n0 + n)
+    return {"backend": spec["backend"], "precision": spec["precision"], "image_size": size, "n0": n0, "n": n,
+            "batch_size": bs, "seconds_median": round(med, 4), "seconds": [round(t, 4) for t in times],
+            "samples_per_second": round((n0 + n) / med, 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "certified_dice": round(float(np.mean(dice)), 4) if dice else None,
+            "gflops_per_second": round(flops / med, 1)}
 
 
-def run(*, engine_dir: Path | None = None, batch_sizes=(1, 8, 16, 32), n0: int = 10, n: int = 100,
-        repeats: int = 3, backends=("torch-eager", "onnxruntime"), log=print) -> dict:
-    from .data.phantom import HELD_OUT_SEEDS, make_phantom
+def _row_in_subprocess(spec: dict) -> dict:
+    r = subprocess.run([sys.executable, "-m", "certseg_rt.bench", json.dumps(spec)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"bench row {spec['backend']} failed: {r.stderr.strip().splitlines()[-1:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
+
+# ------------------------------------------------------------------------------------------ a run
+def run(*, sizes=(128, 256), ns=(100,), batch_sizes=(8, 16, 32), precisions=("fp32", "int8"), repeats: int = 3,
+        n0: int = 10, reference: bool = True, engine_dir: Path | None = None, log=print) -> dict:
+    from .export.build import build_engine
+    from .export.loaders import load_model_dir, load_source
+    from .zoo import bundled_model_dir
+
+    model = bundled_model_dir()
+    mach = machine()
     rows = []
-    image = make_phantom(HELD_OUT_SEEDS[0]).image
-    size = image.shape[-1]
-    if "torch-eager" in backends:
-        import torch
-
-        from .runtime.backends.torch_eager import reference_backend
-        from .zoo import bundled_model_dir
-
-        for bs in batch_sizes:
-            backend = reference_backend(bundled_model_dir(), 0.25, batch_size=bs)
-            log(f"torch-eager batch {bs} (threads {torch.get_num_threads()})")
-            rows.append(_row("torch-eager", "fp32", size, n0, n, bs, time_certify(backend, image, n0=n0, n=n,
-                                                                                   repeats=repeats)))
-    if "onnxruntime" in backends:
-        from .runtime.segmenter import CertifiedSegmenter
-
-        with tempfile.TemporaryDirectory() as tmp:
-            if engine_dir is None:
-                from .export.build import build_engine
-                from .export.loaders import load_model_dir
-                from .zoo import bundled_model_dir
-
-                engine_dir = Path(tmp) / "engine"
-                log("building an ONNX Runtime engine for the bundled model")
-                build_engine(load_model_dir(bundled_model_dir()), 0.25, engine_dir,
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            gflop = gflop_per_sample(model, size)
+            engines = {}
+            for precision in precisions:
+                if engine_dir is not None and size == sizes[0] and precision == "fp32":
+                    engines[precision] = Path(engine_dir)
+                    continue
+                path = Path(tmp) / f"engine-{size}-{precision}"
+                log(f"building {precision} engine at {size}x{size}")
+                build_engine(load_source(model, image_size=(size, size)), 0.25, path, precision=precision,
                              batch_sizes=(1, 16, max(batch_sizes)), log=lambda m: None)
-            for bs in batch_sizes:
-                seg = CertifiedSegmenter.load(engine_dir, batch_size=bs)
-                log(f"onnxruntime batch {bs}")
-                rows.append(_row("onnxruntime", seg.manifest["precision"], size, n0, n, bs,
-                                 time_certify(seg.backend, image, n0=n0, n=n, repeats=repeats)))
-    return {"machine": machine(), "rows": rows, "summary": summarize(rows)}
+                engines[precision] = path
+            for n in ns:
+                base = {"image_size": size, "n0": n0, "n": n, "gflop_per_sample": gflop, "model": str(model),
+                        "repeats": repeats if n <= 100 else 1}
+                if reference and n <= 100:
+                    log(f"reference-loop {size}x{size} n={n}")
+                    rows.append(_row_in_subprocess({**base, "backend": "reference-loop", "precision": "fp32",
+                                                    "batch_size": 1, "repeats": 1}))
+                for backend in ("torch-eager", *(f"onnxruntime:{p}" for p in engines)):
+                    best = None
+                    for bs in batch_sizes:
+                        name, _, precision = backend.partition(":")
+                        log(f"{name} {precision or 'fp32'} {size}x{size} n={n} batch {bs}")
+                        row = _row_in_subprocess({**base, "backend": name, "precision": precision or "fp32",
+                                                  "batch_size": bs, "engine": str(engines.get(precision, "")),
+                                                  "dice": False})
+                        if best is None or row["seconds_median"] < best["seconds_median"]:
+                            best = row
+                    # Quality at the best batch size only (it does not depend on the batch size).
+                    rows.append(_row_in_subprocess({**base, "backend": best["backend"], "precision": best["precision"],
+                                                    "batch_size": best["batch_size"],
+                                                    "engine": str(engines.get(best["precision"], "")),
+                                                    "repeats": base["repeats"]}))
+    for row in rows:
+        peak = mach["fp32_peak_gflops_estimate"]
+        row["fraction_of_fp32_peak"] = round(row["gflops_per_second"] / peak, 3) if peak else None
+    return {"machine": mach, "rows": rows, "summary": summarize(rows)}
 
 
 def summarize(rows) -> dict:
-    best = {}
-    for r in rows:
-        key = f"{r['backend']}:{r['precision']}"
-        if key not in best or r["seconds_median"] < best[key]["seconds_median"]:
-            best[key] = r
-    out = {k: {"batch_size": v["batch_size"], "seconds_median": v["seconds_median"]} for k, v in best.items()}
-    if "torch-eager:fp32" in best:
-        base = best["torch-eager:fp32"]["seconds_median"]
-        for k, v in out.items():
-            v["speedup_vs_torch_eager"] = round(base / v["seconds_median"], 2)
+    out = {}
+    for size in sorted({r["image_size"] for r in rows}):
+        for n in sorted({r["n"] for r in rows}):
+            sel = {f"{r['backend']}:{r['precision']}": r for r in rows if r["image_size"] == size and r["n"] == n}
+            eager = sel.get("torch-eager:fp32")
+            ref = sel.get("reference-loop:fp32")
+            fastest = min((r for k, r in sel.items() if k.startswith("onnxruntime")),
+                          key=lambda r: r["seconds_median"], default=None)
+            if fastest is None:
+                continue
+            entry = {"fastest": f"onnxruntime:{fastest['precision']}", "seconds": fastest["seconds_median"]}
+            if eager:
+                entry["speedup_vs_torch_eager"] = round(eager["seconds_median"] / fastest["seconds_median"], 2)
+                if fastest["certified_dice"] is not None and eager["certified_dice"] is not None:
+                    entry["dice_points_vs_torch_eager"] = round(100 * (fastest["certified_dice"]
+                                                                       - eager["certified_dice"]), 2)
+            if ref:
+                entry["speedup_vs_reference_loop"] = round(ref["seconds_median"] / fastest["seconds_median"], 1)
+            out[f"{size}x{size} n={n}"] = entry
     return out
 
 
 def to_markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores; torch {m.get('torch', '-')}, "
-             f"onnxruntime {m.get('onnxruntime', '-')}, numpy {m.get('numpy', '-')}.", "",
-             "| backend | precision | image | n0 + n | batch | seconds (median) | samples/s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['isa'])}); estimated fp32 peak "
+             f"{m['fp32_peak_gflops_estimate']} GFLOP/s ({m['peak_assumption']}); torch {m.get('torch', '-')}, "
+             f"onnxruntime {m.get('onnxruntime', '-')}, extension {m['extension']}.", "",
+             "| backend | precision | image | n0 + n | batch | seconds (median) | samples/s | peak RSS MB | "
+             "certified Dice | GFLOP/s | of peak |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['backend']} | {r['precision']} | {r['image_size']}x{r['image_size']} | "
-                     f"{r['n0']} + {r['n']} | {r['batch_size']} | {r['seconds_median']:.3f} | "
-                     f"{r['samples_per_second']:.1f} |")
+        dice = "-" if r["certified_dice"] is None else f"{r['certified_dice']:.3f}"
+        frac = "-" if r.get("fraction_of_fp32_peak") is None else f"{r['fraction_of_fp32_peak']:.1%}"
+        lines.append(f"| {r['backend']} | {r['precision']} | {r['image_size']}x{r['image_size']} | {r['n0']} + {r['n']} "
+                     f"| {r['batch_size']} | {r['seconds_median']:.3f} | {r['samples_per_second']:.1f} | "
+                     f"{r['peak_rss_mb']:.0f} | {dice} | {r['gflops_per_second']:.1f} | {frac} |")
     lines.append("")
     for k, v in result["summary"].items():
-        extra = f", {v['speedup_vs_torch_eager']}x torch eager" if "speedup_vs_torch_eager" in v else ""
-        lines.append(f"- best {k}: batch {v['batch_size']}, {v['seconds_median']:.3f} s{extra}")
+        lines.append(f"- {k}: fastest {v['fastest']} {v['seconds']:.3f} s" +
+                     (f", {v['speedup_vs_torch_eager']}x torch eager" if "speedup_vs_torch_eager" in v else "") +
+                     (f" ({v['dice_points_vs_torch_eager']:+.2f} Dice points)" if "dice_points_vs_torch_eager" in v
+                      else "") +
+                     (f", {v['speedup_vs_reference_loop']}x the reference loop" if "speedup_vs_reference_loop" in v
+                      else ""))
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # one row, in a subprocess of run()
+    print(json.dumps(run_row(json.loads(sys.argv[1]))))

@@ -290,11 +290,14 @@ def export_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, classes, d
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="engine directory to create")
 @click.option("--batch-sizes", default="1,16,64", show_default=True, help="MIN,OPT,MAX of the batch dimension")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "int8", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="onnxruntime: fp32 or int8 (static, phantom-calibrated); tensorrt: fp32, fp16, bf16")
+@click.option("--force", is_flag=True, help="keep an engine whose labels agree with torch fp32 below the floor")
 @click.option("--threads", type=int, default=None, help="intra-op threads recorded for the runtime [default: all cores]")
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
 @_user_errors
 def build_engine_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, classes, denoiser, image_size, backend,
-                     sigma, out, batch_sizes, exporter, threads, as_json):
+                     sigma, out, batch_sizes, exporter, precision, force, threads, as_json):
     """Build an engine directory: model file(s) + manifest.json (what is certified, hashes, tool versions).
 
     \b
@@ -313,8 +316,8 @@ def build_engine_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, clas
     if backend == "tensorrt":
         require_tensorrt()  # before any heavy work: one line saying what is missing
     source = _load_source(model, segmenter, segmenter_weights, segmenter_kwargs, classes, denoiser, image_size)
-    manifest = build_engine(source, sigma, out, backend=backend, batch_sizes=sizes, exporter=exporter,
-                            threads=threads, log=lambda m: click.echo(m, err=True))
+    manifest = build_engine(source, sigma, out, backend=backend, precision=precision, batch_sizes=sizes,
+                            exporter=exporter, threads=threads, force=force, log=lambda m: click.echo(m, err=True))
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
     else:
@@ -355,17 +358,19 @@ def info(as_json):
 
 @main.command()
 @click.option("--engine", type=click.Path(path_type=Path), default=None,
-              help="engine directory to time [default: build one for the bundled model]")
-@click.option("--batch-sizes", default="1,8,16,32", show_default=True, help="batch sizes to time")
+              help="fp32 engine directory for the first image size [default: build one]")
+@click.option("--sizes", default="128,256", show_default=True, help="image sizes")
+@click.option("--batch-sizes", default="8,16,32", show_default=True, help="batch sizes to try (best one reported)")
+@click.option("--precisions", default="fp32,int8", show_default=True, help="ONNX Runtime precisions")
 @click.option("--repeats", type=int, default=3, show_default=True, help="timed repeats per row (median reported)")
-@click.option("--n0", type=int, default=DEFAULTS["n0"], show_default=True)
-@click.option("--n", "n", type=int, default=DEFAULTS["n"], show_default=True)
-@click.option("--quick", is_flag=True, help="fewer batch sizes and repeats")
+@click.option("--quick", is_flag=True, help="n=100 only, batch 16 only, 2 repeats (under 5 minutes here)")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="write bench.json and bench.md here")
 @click.option("--json", "as_json", is_flag=True, help="print {machine, rows, summary} as JSON")
 @_user_errors
-def bench(engine, batch_sizes, repeats, n0, n, quick, out, as_json):
-    """Time certify on the bundled model: ONNX Runtime vs batched torch eager, median of repeats.
+def bench(engine, sizes, batch_sizes, precisions, repeats, quick, out, as_json):
+    """Time certify on the bundled model: the published loop, torch eager, ONNX Runtime fp32/int8.
+
+    Without --quick also n=1000.  Each row runs in its own process (peak RSS is the row's).
 
     \b
     Example:
@@ -375,22 +380,23 @@ def bench(engine, batch_sizes, repeats, n0, n, quick, out, as_json):
     from .bench import run, to_markdown
     from .io import atomic_path, write_json
 
-    check_parameters(n0=n0, n=n)
     try:
-        sizes = tuple(int(v) for v in batch_sizes.split(","))
+        size_list = tuple(int(v) for v in sizes.split(","))
+        batch_list = tuple(int(v) for v in batch_sizes.split(","))
     except ValueError:
-        raise CertsegError(f"--batch-sizes {batch_sizes!r} must be comma-separated integers")
+        raise CertsegError("--sizes and --batch-sizes must be comma-separated integers")
+    precision_list = tuple(precisions.split(","))
+    ns = (100,) if quick else (100, 1000)
     if quick:
-        sizes, repeats = tuple(s for s in sizes if s in (1, 16)) or sizes[:2], min(repeats, 2)
-    result = run(engine_dir=engine, batch_sizes=sizes, n0=n0, n=n, repeats=repeats,
-                 log=lambda m: click.echo(m, err=True))
+        batch_list, repeats = (16,), min(repeats, 2)
+    result = run(sizes=size_list, ns=ns, batch_sizes=batch_list, precisions=precision_list, repeats=repeats,
+                 engine_dir=engine, log=lambda m: click.echo(m, err=True))
     table = to_markdown(result)
     if out is not None:
         write_json(Path(out) / "bench.json", result)
         with atomic_path(Path(out) / "bench.md") as tmp:
             tmp.write_text(table)
     click.echo(json.dumps(result, indent=2) if as_json else table)
-
 
 
 @main.command("make-phantoms")

@@ -251,3 +251,27 @@ def test_bad_user_segmenters(tmp_path, user_segmenters):
         r = CliRunner().invoke(main, ["build-engine", "--out", str(out), *args])
         assert r.exit_code == 1 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.output)
         assert not out.exists()
+
+
+def test_int8_engine_is_certified_as_itself(tmp_path, phantom, engine_dir):
+    from certseg_rt.runtime.segmenter import CertifiedSegmenter
+
+    out = tmp_path / "int8"
+    r = CliRunner().invoke(main, ["build-engine", "--out", str(out), "--precision", "int8", "--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)
+    assert m["precision"] == "int8" and m["quantisation"]["weights"] == "int8 per-channel"
+    assert m["parity"]["label_agreement"] >= 0.99
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    cert = CertifiedSegmenter.load(out).certify(phantom.image, seed=4)
+    assert cert.record["precision"] == "int8" and cert.record["model_files"]["model.onnx"] == m["files"]["model.onnx"]
+    fp32 = CertifiedSegmenter.load(engine_dir).certify(phantom.image, seed=4)
+    assert np.mean(cert.labels == fp32.labels) >= 0.98
+
+
+def test_precision_not_available_for_onnxruntime(tmp_path):
+    r = CliRunner().invoke(main, ["build-engine", "--out", str(tmp_path / "e"), "--precision", "bf16"])
+    assert r.exit_code == 1 and "bf16" in r.stderr and not (tmp_path / "e").exists()

@@ -36,7 +36,7 @@ from ..errors import CertsegError
 
 PRECISIONS = ("fp16", "bf16")
 KEEP_FP32_OPS = frozenset({
-    "InstanceNormalization", "GroupNormalization", "LayerNormalization", "BatchNormalization_training",
+    "InstanceNormalization", "GroupNormalization", "LayerNormalization",
     "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceProd", "ReduceL1",
     "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "Exp", "Log", "Pow", "Sqrt", "Sin", "Cos", "Erf",
     # outputs typed by an attribute, not by their inputs
@@ -65,17 +65,18 @@ def _target(precision: str) -> tuple[int, str, str]:
 
 def _convert_values(values: np.ndarray, precision: str) -> tuple[bytes, bool]:
     """float32 values -> raw little-endian bytes of the target type, clipped to its finite range."""
-    values = np.asarray(values, np.float32)
+    values = np.asarray(values, np.float32).reshape(-1)
     if precision == "fp16":
-        limit = float(np.finfo(np.float16).max)
-        finite = np.isfinite(values)
-        clipped = bool(np.any(np.abs(values[finite]) > limit))
-        return np.clip(values, -limit, limit).astype("<f2").tobytes(), clipped
-    # bfloat16: the upper half of float32, rounded to nearest even (NaN stays a quiet NaN)
-    limit = np.float32(3.3895313892515355e38)  # largest finite bfloat16
+        limit = np.float32(np.finfo(np.float16).max)
+    else:
+        limit = np.float32(3.3895313892515355e38)  # the largest finite bfloat16
     finite = np.isfinite(values)
     clipped = bool(np.any(np.abs(values[finite]) > limit))
-    bits = np.clip(values, -limit, limit).astype("<f4").view("<u4").astype(np.uint64)
+    values = np.where(finite, np.clip(values, -limit, limit), values)  # infinities and NaN stay what they are
+    if precision == "fp16":
+        return values.astype("<f2").tobytes(), clipped
+    # bfloat16: the upper half of float32, rounded to nearest even (NaN stays a quiet NaN)
+    bits = values.astype("<f4").view("<u4").astype(np.uint64)
     rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
     rounded[np.isnan(values)] = 0x7FC0
     return rounded.tobytes(), clipped
@@ -127,19 +128,20 @@ def _formal(schema, index: int, outputs: bool):
     if not params:
         return None
     if index >= len(params):
+        from onnx.defs import OpSchema
+
         last = params[-1]
-        return last if last.option == last.option.Variadic else None
+        return last if last.option == OpSchema.FormalParameterOption.Variadic else None
     return params[index]
 
 
 class _Classifier:
-    """Decides, per node, whether it computes in the reduced type ("low") or in float32 ("keep")."""
+    """Decides, per node, whether it computes in the reduced type (``low[i]``) or in float32."""
 
     def __init__(self, model, types: dict[str, int], precision: str, keep_ops: frozenset[str]):
-        from onnx import defs
-
         self.graph = model.graph
         self.types = types
+        self.keep_ops = keep_ops
         self.low_type, self.low_str, _ = _target(precision)
         self.FLOAT = _tensor_proto().FLOAT
         self.opset = {o.domain or "ai.onnx": o.version for o in model.opset_import}
@@ -152,19 +154,34 @@ class _Classifier:
             for slot, name in enumerate(n.input):
                 if name:
                     self.consumers[name].append((i, slot))
-        self.schemas = []
-        for n in self.nodes:
-            try:
-                self.schemas.append(defs.get_schema(n.op_type, self.opset.get(n.domain or "ai.onnx", 1),
-                                                    n.domain or ""))
-            except Exception:  # another domain, or an op ONNX does not know: leave it as it is
-                self.schemas.append(None)
+        self.schemas = [self._schema(n) for n in self.nodes]
         self.dynamic = self._data_dependent()
-        self.keep = [self._keep(i) for i in range(len(self.nodes))]
-        self._mark_groupnorms()
+        keep = [self._keep(i) for i in range(len(self.nodes))]
+        self._mark_groupnorms(keep)
+        # Nodes without float outputs (ArgMax, Shape, Cast to int, comparisons) take their float inputs in
+        # whichever type they arrive: reduced if any does, so that no Cast is added only to feed them.
+        self.low = [not k and self.nodes[i].op_type != "Constant" for i, k in enumerate(keep)]
+        for i, n in enumerate(self.nodes):
+            if self.low[i] and not any(self.is_float(o) for o in n.output):
+                self.low[i] = any(self._arrives_low(name) for name in n.input)
+
+    def _schema(self, node):
+        from onnx import defs
+
+        domain = node.domain or ""
+        try:
+            return defs.get_schema(node.op_type, self.opset.get(domain or "ai.onnx", 1), domain)
+        except Exception:  # another domain, or an op ONNX does not know: leave it as it is
+            return None
 
     def is_float(self, name: str) -> bool:
         return bool(name) and self.types.get(name) == self.FLOAT
+
+    def _arrives_low(self, name: str) -> bool:
+        i = self.producer.get(name)
+        if not self.is_float(name) or name in self.sources or i is None or not self.low[i]:
+            return False
+        return self.allows_low(i, list(self.nodes[i].output).index(name), outputs=True)
 
     def _data_dependent(self) -> set[str]:
         """Values that depend on the values (not only the shapes) of the graph inputs."""
@@ -195,27 +212,26 @@ class _Classifier:
             return True  # static: constants and shapes only
         return not all(self.allows_low(i, slot, outputs=True) for slot in float_out)
 
-    keep_ops: frozenset[str] = KEEP_FP32_OPS
-
     def _single(self, name: str, op_type: str):
         users = self.consumers.get(name, [])
         if len(users) == 1 and self.nodes[users[0][0]].op_type == op_type:
             return users[0][0]
         return None
 
-    def _mark_groupnorms(self) -> None:
+    def _mark_groupnorms(self, keep: list[bool]) -> None:
         """Reshape -> InstanceNormalization -> Reshape [-> Mul -> Add (by constants)] stays fp32 as one unit."""
         graph_outputs = {o.name for o in self.graph.output}
         for i, n in enumerate(self.nodes):
             if n.op_type != "InstanceNormalization":
                 continue
             before = self.producer.get(n.input[0])
-            if before is not None and self.nodes[before].op_type == "Reshape" and self._single(n.input[0], "InstanceNormalization") == i:
-                self.keep[before] = True
+            if before is not None and self.nodes[before].op_type == "Reshape" \
+                    and self._single(n.input[0], "InstanceNormalization") == i:
+                keep[before] = True
             after = self._single(n.output[0], "Reshape")
             if after is None:
                 continue
-            self.keep[after] = True
+            keep[after] = True
             tail = after
             for op in ("Mul", "Add"):
                 out = self.nodes[tail].output[0]
@@ -225,12 +241,15 @@ class _Classifier:
                 other = [x for x in self.nodes[nxt].input if x != out]
                 if not other or any(x in self.dynamic for x in other):
                     break  # an affine by constants only
-                self.keep[nxt] = True
+                keep[nxt] = True
                 tail = nxt
 
     def wants_low(self, i: int, slot: int) -> bool:
         """Whether input `slot` of node i should arrive in the reduced type."""
-        return not self.keep[i] and self.allows_low(i, slot, outputs=False)
+        return self.low[i] and self.allows_low(i, slot, outputs=False)
+
+    def output_low(self, i: int, slot: int) -> bool:
+        return self.low[i] and self.allows_low(i, slot, outputs=True)
 
 
 def cast_precision(model, precision: str, *, keep_ops: frozenset[str] = KEEP_FP32_OPS):
@@ -246,7 +265,7 @@ def cast_precision(model, precision: str, *, keep_ops: frozenset[str] = KEEP_FP3
     FLOAT = _tensor_proto().FLOAT
     work = onnx.ModelProto()
     work.CopyFrom(model)
-    opset = next((o.version for o in work.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = _opset(work)
     if precision == "bf16" and opset < BF16_MIN_OPSET:
         try:
             work = version_converter.convert_version(work, BF16_MIN_OPSET)
@@ -254,11 +273,8 @@ def cast_precision(model, precision: str, *, keep_ops: frozenset[str] = KEEP_FP3
             raise CertsegError(f"bf16 needs ONNX opset {BF16_MIN_OPSET} and this graph (opset {opset}) cannot be "
                                f"converted ({str(e).strip().splitlines()[0][:160]}); use --precision fp16")
     types = _value_types(work)
-    cls = _Classifier.__new__(_Classifier)
-    cls.keep_ops = keep_ops
-    cls.__init__(work, types, precision, keep_ops)
-    g = work.graph
-    nodes = cls.nodes
+    cls = _Classifier(work, types, precision, keep_ops)
+    g, nodes = work.graph, cls.nodes
     taken = set(types) | {o for n in nodes for o in n.output} | {n.name for n in nodes}
 
     def fresh(base: str) -> str:
@@ -270,93 +286,77 @@ def cast_precision(model, precision: str, *, keep_ops: frozenset[str] = KEEP_FP3
 
     # 1. Sources (initializers, Constants): converted in place, kept, or (consumers disagree) both.
     graph_outputs = {o.name for o in g.output}
-    renamed: dict[tuple[int, int], str] = {}  # (node, slot) -> input name to use instead
-    clipped = 0
+    renamed: dict[tuple[int, int], str] = {}  # (node, slot) -> the low copy's name
+    extra_constants: dict[str, object] = {}  # Constant output -> a Constant node holding its low copy
     inits = {t.name: t for t in g.initializer}
     const_nodes = {n.output[0]: n for n in nodes if n.op_type == "Constant"}
-    extra_constants: dict[str, object] = {}  # original constant output -> new Constant node (low copy)
+    clipped = 0
     for name in sorted(cls.sources):
-        if not cls.is_float(name):
-            continue
         users = cls.consumers.get(name, [])
         low_users = [(i, s) for i, s in users if cls.wants_low(i, s)]
-        if not low_users:
+        if not cls.is_float(name) or not low_users:
             continue
-        all_low = len(low_users) == len(users) and name not in graph_outputs
+        in_place = len(low_users) == len(users) and name not in graph_outputs
         if name in inits:
-            low, was_clipped = _low_tensor(inits[name], precision, None if all_low else fresh(f"{name}__{tag}"))
-            if all_low:
+            low, was_clipped = _low_tensor(inits[name], precision, None if in_place else fresh(f"{name}__{tag}"))
+            if in_place:
                 inits[name].CopyFrom(low)
             else:
                 g.initializer.append(low)
+                renamed.update({key: low.name for key in low_users})
         else:
             node = const_nodes[name]
-            attr = {a.name: a for a in node.attribute}
-            value = attr["value"].t if "value" in attr else helper.make_tensor(
-                "value", FLOAT, [] if "value_float" in attr else [len(attr["value_floats"].floats)],
-                [attr["value_float"].f] if "value_float" in attr else list(attr["value_floats"].floats))
-            low, was_clipped = _low_tensor(value, precision)
-            if all_low:
+            low, was_clipped = _low_tensor(_constant_value(node), precision, name="")
+            if in_place:
                 del node.attribute[:]
                 node.attribute.append(helper.make_attribute("value", low))
             else:
-                out = fresh(f"{name}__{tag}")
-                extra_constants[name] = helper.make_node("Constant", [], [out], name=fresh(f"{node.name}__{tag}"),
-                                                         value=low)
-                low.name = ""
+                copy = helper.make_node("Constant", [], [fresh(f"{name}__{tag}")], name=fresh(f"{node.name}__{tag}"),
+                                        value=low)
+                extra_constants[name] = copy
+                renamed.update({key: copy.output[0] for key in low_users})
         clipped += was_clipped
-        if not all_low:
-            new_name = low.name if name in inits else extra_constants[name].output[0]
-            for key in low_users:
-                renamed[key] = new_name
 
-    # 2. Float graph outputs produced in the reduced type get a Cast back to float32 under their own name.
+    # 2. Float graph outputs computed in the reduced type get a Cast back to float32 under their own name.
     out_casts = []
     for out in g.output:
         i = cls.producer.get(out.name)
-        if i is None or cls.keep[i] or not cls.is_float(out.name) or out.name in cls.sources:
+        if i is None or not cls.is_float(out.name) or out.name in cls.sources:
             continue
         slot = list(nodes[i].output).index(out.name)
-        if not cls.allows_low(i, slot, outputs=True):
+        if not cls.output_low(i, slot):
             continue
         inner = fresh(f"{out.name}__{tag}")
+        types[inner] = FLOAT
         nodes[i].output[slot] = inner
         for j, s in cls.consumers.get(out.name, []):
             nodes[j].input[s] = inner
-        types[inner] = FLOAT
-        cls.dynamic.add(inner)
-        out_casts.append(helper.make_node("Cast", [inner], [out.name], name=fresh(f"{out.name}__to_fp32"), to=FLOAT))
+        out_casts.append(helper.make_node("Cast", [inner], [out.name], name=fresh(f"{out.name}__cast_fp32"), to=FLOAT))
 
-    # 3. Nodes in order; Casts where a value arrives in the other type.
-    current: dict[str, int] = {i.name: FLOAT for i in g.input}
+    # 3. Nodes in order, with a Cast wherever a value arrives in the other type than its consumer takes.
+    current = {name: FLOAT for name in types if cls.is_float(name)}  # then updated as producers are rewritten
     casts: dict[tuple[str, int], str] = {}
-    new_nodes, n_casts = [], 0
+    new_nodes = []
     for i, node in enumerate(nodes):
         for slot, name in enumerate(node.input):
             if (i, slot) in renamed:
                 node.input[slot] = renamed[(i, slot)]
-                continue
-            if not cls.is_float(name) or name in cls.sources:
-                continue
-            want = low_type if cls.wants_low(i, slot) else FLOAT
-            have = current.get(name, FLOAT)
-            if want != have:
-                key = (name, want)
-                if key not in casts:
-                    casts[key] = fresh(f"{name}__{tag if want == low_type else 'fp32'}")
-                    new_nodes.append(helper.make_node("Cast", [name], [casts[key]], to=want,
-                                                      name=fresh(f"{name}__cast_{tag if want == low_type else 'fp32'}")))
-                    n_casts += 1
-                node.input[slot] = casts[key]
-        low = not cls.keep[i] and node.op_type != "Constant"
-        if low and node.op_type == "Cast":
-            attr = next(a for a in node.attribute if a.name == "to")
-            if attr.i == FLOAT:
-                attr.i = low_type
+            elif name in current and name not in cls.sources:
+                want = low_type if cls.wants_low(i, slot) else FLOAT
+                if current[name] != want:
+                    suffix = tag if want == low_type else "fp32"
+                    if (name, want) not in casts:
+                        casts[(name, want)] = fresh(f"{name}__{suffix}")
+                        new_nodes.append(helper.make_node("Cast", [name], [casts[(name, want)]], to=want,
+                                                          name=fresh(f"{name}__cast_{suffix}")))
+                    node.input[slot] = casts[(name, want)]
+        if node.op_type == "Cast" and cls.low[i]:
+            to = next(a for a in node.attribute if a.name == "to")
+            if to.i == FLOAT:
+                to.i = low_type
         for slot, name in enumerate(node.output):
-            if cls.is_float(name) or (node.op_type == "Cast" and low and name):
-                current[name] = low_type if (low and (node.op_type == "Cast" or cls.allows_low(i, slot, True))) \
-                    else FLOAT
+            if cls.is_float(name):
+                current[name] = low_type if cls.output_low(i, slot) else FLOAT
         new_nodes.append(node)
         if node.op_type == "Constant" and node.output[0] in extra_constants:
             new_nodes.append(extra_constants[node.output[0]])
@@ -365,22 +365,40 @@ def cast_precision(model, precision: str, *, keep_ops: frozenset[str] = KEEP_FP3
     g.node.extend(new_nodes)
     del g.value_info[:]
 
-    kept = Counter(n.op_type for n, k in zip(nodes, cls.keep) if k)
-    summary = {"precision": precision, "opset": next(o.version for o in work.opset_import if o.domain in ("", "ai.onnx")),
-               "nodes_reduced": sum(1 for n, k in zip(nodes, cls.keep) if not k and n.op_type != "Constant"),
-               "nodes_fp32": sum(kept.values()), "fp32_ops": dict(sorted(kept.items())),
-               "casts_inserted": n_casts + len(out_casts), "constants_clipped": int(clipped)}
-    for prop in list(work.metadata_props):
-        if prop.key == METADATA_KEY:
-            work.metadata_props.remove(prop)
+    fp32_ops = Counter(n.op_type for i, n in enumerate(nodes) if not cls.low[i] and n.op_type != "Constant"
+                       and (any(cls.is_float(x) for x in n.output)))
+    summary = {"precision": precision, "opset": _opset(work),
+               "nodes_reduced": sum(1 for i, n in enumerate(nodes) if cls.low[i]),
+               "nodes_fp32": sum(fp32_ops.values()), "fp32_ops": dict(sorted(fp32_ops.items())),
+               "casts_inserted": len(casts) + len(out_casts), "constants_clipped": int(clipped)}
+    for prop in [p for p in work.metadata_props if p.key == METADATA_KEY]:
+        work.metadata_props.remove(prop)
     entry = work.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(summary)
     try:
         onnx.checker.check_model(work, full_check=True)
     except Exception as e:
         raise CertsegError(f"the {precision} cast graph fails the ONNX checker "
-                           f"({str(e).strip().splitlines()[0][:200]}); build with --precision fp32 and report the model")
+                           f"({str(e).strip().splitlines()[0][:200]}); build with --precision fp32 and report "
+                           f"the model")
     return work
+
+
+def _opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _constant_value(node):
+    """A float Constant node's value as a TensorProto (from `value`, `value_float` or `value_floats`)."""
+    from onnx import helper
+
+    attr = {a.name: a for a in node.attribute}
+    if "value" in attr:
+        return attr["value"].t
+    if "value_float" in attr:
+        return helper.make_tensor("value", _tensor_proto().FLOAT, [], [attr["value_float"].f])
+    return helper.make_tensor("value", _tensor_proto().FLOAT, [len(attr["value_floats"].floats)],
+                              list(attr["value_floats"].floats))
 
 
 def precision_summary(model) -> dict | None:
