@@ -110,8 +110,26 @@ def check_parameters(*, sigma=None, tau=None, alpha=None, n0=None, n=None, corre
 
 
 def _candidates(counts0: np.ndarray) -> np.ndarray:
-    # np.argmax returns the first maximum: ties go to the lowest class index.
-    return np.argmax(counts0, axis=0)
+    """argmax over classes with ties to the lowest class index.
+
+    A pass per class with a strict comparison (a later class must beat the best so far): the same
+    answer as np.argmax(counts0, axis=0), several times faster for the few classes of segmentation.
+    """
+    best = counts0[0].copy()
+    candidate = np.zeros(best.shape, np.intp)
+    for c in range(1, counts0.shape[0]):
+        better = counts0[c] > best
+        candidate[better] = c
+        np.maximum(best, counts0[c], out=best)
+    return candidate
+
+
+def _count_of(counts: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """counts[candidate[p], p] for every pixel p."""
+    k = counts[0].copy()
+    for c in range(1, counts.shape[0]):
+        np.copyto(k, counts[c], where=candidate == c)
+    return k
 
 
 def _check_counts(name: str, counts: np.ndarray, total: int | None) -> int:
@@ -138,7 +156,7 @@ def certify_from_counts(counts0: np.ndarray, counts: np.ndarray, *, n: int, sigm
     n0 = _check_counts("counts0", counts0, None)
     _check_counts("counts", counts, n)
     candidate = _candidates(counts0)
-    k = np.take_along_axis(counts, candidate[None], axis=0)[0]
+    k = _count_of(counts, candidate)
     pvalues, reject = stats.reject_counts(k, n, tau, alpha, correction)
     labels = np.where(reject, candidate, ABSTAIN).astype(np.uint8)
     return Certificate(labels=labels, pvalues=pvalues, radius=stats.certified_radius(sigma, tau), sigma=sigma,

@@ -293,17 +293,24 @@ def export_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, classes, d
 @click.option("--precision", type=click.Choice(["fp32", "int8", "fp16", "bf16"]), default="fp32", show_default=True,
               help="onnxruntime: fp32 or int8 (static, phantom-calibrated); tensorrt: fp32, fp16, bf16")
 @click.option("--force", is_flag=True, help="keep an engine whose labels agree with torch fp32 below the floor")
+@click.option("--workspace", type=int, default=1024, show_default=True, help="tensorrt: builder workspace, MiB")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
+              help="tensorrt: timing cache to start from [default: the replaced engine's]")
+@click.option("--version-compatible", is_flag=True, help="tensorrt: engine runs on later TensorRT releases too")
+@click.option("--hardware-compatible", is_flag=True, help="tensorrt: engine runs on any Ampere or newer GPU")
 @click.option("--threads", type=int, default=None, help="intra-op threads recorded for the runtime [default: all cores]")
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
 @_user_errors
 def build_engine_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, classes, denoiser, image_size, backend,
-                     sigma, out, batch_sizes, exporter, precision, force, threads, as_json):
+                     sigma, out, batch_sizes, exporter, precision, force, workspace, timing_cache, version_compatible,
+                     hardware_compatible, threads, as_json):
     """Build an engine directory: model file(s) + manifest.json (what is certified, hashes, tool versions).
 
     \b
     Example:
       certseg-rt build-engine --out engines/chest
       certseg-rt certify scan.png --engine engines/chest
+      certseg-rt build-engine --backend tensorrt --precision fp16 --out engines/chest-trt
     """
     from .export.build import build_engine, require_tensorrt
 
@@ -316,8 +323,13 @@ def build_engine_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, clas
     if backend == "tensorrt":
         require_tensorrt()  # before any heavy work: one line saying what is missing
     source = _load_source(model, segmenter, segmenter_weights, segmenter_kwargs, classes, denoiser, image_size)
+    trt = {"workspace_bytes": workspace << 20, "version_compatible": version_compatible,
+           "hardware_compatible": hardware_compatible}
+    if timing_cache is not None:
+        trt["timing_cache_path"] = timing_cache
     manifest = build_engine(source, sigma, out, backend=backend, precision=precision, batch_sizes=sizes,
-                            exporter=exporter, threads=threads, force=force, log=lambda m: click.echo(m, err=True))
+                            exporter=exporter, threads=threads, force=force, tensorrt=trt,
+                            log=lambda m: click.echo(m, err=True))
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
     else:

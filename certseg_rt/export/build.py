@@ -27,6 +27,7 @@ def _umask() -> int:
     return mask
 DEFAULT_BATCH_SIZES = (1, 16, 64)  # min, opt, max of the batch dimension
 ORT_PRECISIONS = ("fp32", "int8")
+TRT_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 @contextmanager
@@ -97,19 +98,16 @@ def tool_versions() -> dict:
 
 
 def require_tensorrt() -> None:
-    """One line naming what is missing for TensorRT engines (no GPU, no tensorrt package)."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        raise CertsegError("--backend tensorrt needs an NVIDIA GPU and the tensorrt package "
-                           "(pip install 'certseg-rt[gpu]' on a GPU machine); build --backend onnxruntime here")
-    raise CertsegError("--backend tensorrt is not available in this release yet; build --backend onnxruntime")
+    """One line naming what is missing for TensorRT engines (the tensorrt package, a GPU, the CUDA kernels)."""
+    from .tensorrt_build import check_tensorrt_environment
+
+    check_tensorrt_environment()
 
 
 def build_engine(source: SourceModel, sigma: float, out: Path, *, backend: str = "onnxruntime",
                  precision: str = "fp32", batch_sizes: tuple[int, int, int] = DEFAULT_BATCH_SIZES,
                  exporter: str = "torchscript", threads: int | None = None, parity: bool = True,
-                 force: bool = False, log=print) -> dict:
+                 force: bool = False, tensorrt: dict | None = None, log=print) -> dict:
     """Export, optimise (and quantise), check parity, write the manifest; returns the manifest.
 
     Reduced precision changes the base model, so its labels need only agree with torch fp32 on 99% of
@@ -118,9 +116,9 @@ def build_engine(source: SourceModel, sigma: float, out: Path, *, backend: str =
     """
     if backend not in BACKENDS:
         raise CertsegError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "onnxruntime" and precision not in ORT_PRECISIONS:
-        raise CertsegError(f"--precision {precision} is not available for onnxruntime; choose one of "
-                           f"{', '.join(ORT_PRECISIONS)}")
+    allowed = ORT_PRECISIONS if backend == "onnxruntime" else TRT_PRECISIONS
+    if precision not in allowed:
+        raise CertsegError(f"--precision {precision} is not available for {backend}; choose one of {', '.join(allowed)}")
     if backend == "tensorrt":
         require_tensorrt()
     lo, opt, hi = batch_sizes
@@ -145,8 +143,21 @@ def build_engine(source: SourceModel, sigma: float, out: Path, *, backend: str =
         report = {"skipped": True}
         if parity:
             log("checking parity with torch on noisy phantoms")
-            floor = 0.0 if force else (0.999 if precision == "fp32" else 0.99)
+            # The ONNX graphs stay fp32 for TensorRT (its precision is checked on the engine below).
+            floor = 0.0 if force else (0.999 if precision == "fp32" or backend == "tensorrt" else 0.99)
             report = check_graphs(source, sigma, graphs, min_agreement=floor)
+        engine_fields = {}
+        if backend == "tensorrt":
+            from .onnx_export import parity_inputs
+            from .tensorrt_build import build_tensorrt_stage, default_timing_cache
+
+            options = dict(tensorrt or {})
+            options.setdefault("timing_cache_path", default_timing_cache(out))
+            meta = graphs.metadata["input"]
+            engine_fields = build_tensorrt_stage(graphs.fused, stage, inputs=parity_inputs(source, sigma, 16),
+                                                 precision=precision,
+                                                 input_shape=(meta["channels"], meta["height"], meta["width"]),
+                                                 batch_sizes=batch_sizes, force=force, log=log, **options)
         manifest = write_manifest(stage, {
             "backend": backend,
             "precision": precision,
@@ -164,5 +175,6 @@ def build_engine(source: SourceModel, sigma: float, out: Path, *, backend: str =
             "parity": report,
             "source_model_files": hash_files(source.files),
             "tools": tool_versions(),
+            **engine_fields,
         })
     return manifest

@@ -35,6 +35,7 @@ class CertifiedSegmenter:
         self.backend = backend
         self._segment_session = segment_session
         backend.record = {
+            **getattr(backend, "record", {}),
             "backend": f"{manifest['backend']}:{getattr(backend, 'provider', 'cpu')}",
             "precision": manifest["precision"],
             "denoiser": manifest.get("denoiser"),
@@ -50,6 +51,10 @@ class CertifiedSegmenter:
              threads: int | None = None) -> "CertifiedSegmenter":
         """Check the manifest (hashes before any model file is parsed, tool versions), then open the engine."""
         manifest = load_manifest(engine_dir)
+        if manifest["backend"] == "tensorrt":
+            from .backends.tensorrt import open_tensorrt_backend
+
+            return cls(engine_dir, manifest, open_tensorrt_backend(engine_dir, manifest, batch_size=batch_size))
         if manifest["backend"] != "onnxruntime":
             raise CertsegError(f"engine field backend is {manifest['backend']!r}, which this runtime cannot run yet; "
                                f"{REBUILD} --backend onnxruntime")
