@@ -16,6 +16,10 @@ from ..errors import InputError
 # The compiled kernels (cpp_ext/) when this install has them; the numpy reference otherwise.  Both
 # produce the same numbers (tests/test_ext_kernels.py), so which one ran never changes a certificate.
 _kernels = ext if ext is not None else kernels
+if ext is not None:
+    # One thread: noise and votes are ~1-2% of a batch, and between two inference calls a second OpenMP
+    # thread only spins against the inference engine's own (still spinning) thread pool.
+    ext.set_num_threads(1)
 
 
 def check_input(x: np.ndarray, channels: int, size_multiple: int = 1) -> np.ndarray:
