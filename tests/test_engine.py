@@ -235,6 +235,25 @@ def test_user_segmenter_intake(engine_dir, user_segmenters, chest_dir, tmp_path,
     assert np.mean(ours.labels == bundled.labels) >= 0.999  # the same network, brought another way
 
 
+def test_factory_segmenter_and_plain_smoothing_intake(tmp_path, chest_dir, phantom):
+    """--segmenter package.module:factory with safetensors weights and kwargs; --denoiser none."""
+    from certseg_rt.runtime.segmenter import CertifiedSegmenter
+
+    kwargs = json.loads((chest_dir / "segmenter.json").read_text())["kwargs"]
+    out = tmp_path / "plain"
+    r = CliRunner().invoke(main, ["build-engine", "--out", str(out), "--segmenter", "certseg_rt.zoo.unet:SegUNet",
+                                  "--segmenter-weights", str(chest_dir / "segmenter.safetensors"),
+                                  "--segmenter-kwargs", json.dumps(kwargs), "--denoiser", "none", "--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)
+    assert m["denoiser"] is None and set(m["files"]) == {"model.onnx", "segmenter.onnx"}
+    assert m["parity"]["label_agreement"] >= 0.999
+    assert set(m["source_model_files"]) == {"segmenter.safetensors"}
+    assert m["intake"]["segmenter"] == "factory certseg_rt.zoo.unet:SegUNet" and m["intake"]["kwargs"] == kwargs
+    seg = CertifiedSegmenter.load(out)
+    assert seg.certify(phantom.image, n0=2, n=8, alpha=0.5).labels.shape == (128, 128)
+
+
 def test_bad_user_segmenters(tmp_path, user_segmenters):
     corrupt = tmp_path / "bad.onnx"
     corrupt.write_bytes((user_segmenters / "seg.onnx").read_bytes()[:1000])

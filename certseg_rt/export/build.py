@@ -174,6 +174,7 @@ def build_engine(source: SourceModel, sigma: float, out: Path, *, backend: str =
             "exporter": exporter,
             "parity": report,
             "source_model_files": hash_files(source.files),
+            "intake": source.intake,
             "tools": tool_versions(),
             **engine_fields,
         })

@@ -31,6 +31,7 @@ class SourceModel:
     scheduler: object | None = None  # diffusers DDPMScheduler
     files: dict[str, Path] = field(default_factory=dict)  # every file that defines the model, for hashing
     segmenter_onnx: Path | None = None  # a user's ONNX segmenter (then `segmenter` is None: torch cannot run it)
+    intake: dict = field(default_factory=dict)  # how the model was brought in (for the manifest)
 
     @property
     def num_classes(self) -> int:
@@ -116,7 +117,8 @@ def load_model_dir(path: Path, denoiser: bool = True) -> SourceModel:
     model = SourceModel(segmenter=segmenter.eval(), classes=list(config["classes"]), channels=int(inp["channels"]),
                         height=int(inp["height"]), width=int(inp["width"]),
                         size_multiple=int(inp.get("size_multiple", 1)),
-                        files={"segmenter.json": config_path, "segmenter.safetensors": weights})
+                        files={"segmenter.json": config_path, "segmenter.safetensors": weights},
+                        intake={"model_dir": path.name, "segmenter": f"factory {config['factory']}", "kwargs": kwargs})
     if denoiser and (path / "denoiser").is_dir():
         model.unet, model.scheduler, files = load_denoiser(path / "denoiser")
         model.files.update(files)
@@ -159,21 +161,25 @@ def load_source(model_dir: Path, *, segmenter: str | None = None, weights: Path 
                                    f"{source.channels}")
             module, files = None, {"segmenter.onnx": Path(segmenter)}
             source.segmenter_onnx = Path(segmenter)
+            source.intake = {"segmenter": "onnx"}
         elif Path(segmenter).is_file():
             module = load_torchscript(Path(segmenter))
             files = {"segmenter.torchscript": Path(segmenter)}
+            source.intake = {"segmenter": "torchscript"}
         elif ":" in segmenter:
             factory = load_factory(segmenter)
             if weights is None:
                 raise CertsegError(f"--segmenter {segmenter} is a factory: give its weights with --segmenter-weights")
             module = load_safetensors_into(factory(**(kwargs or {})), Path(weights)).eval()
             files = {"segmenter.safetensors": Path(weights)}
+            source.intake = {"segmenter": f"factory {segmenter}", "kwargs": kwargs or {}}
         else:
             raise CertsegError(f"--segmenter {segmenter} is neither a file nor 'package.module:factory'")
         source.segmenter = module
         source.files = {k: v for k, v in source.files.items() if not k.startswith("segmenter")} | files
     if denoiser is not None and denoiser.lower() != "none":
         source.unet, source.scheduler, files = load_denoiser(Path(denoiser))
+        source.intake["denoiser"] = "diffusers directory"
         source.files = {k: v for k, v in source.files.items() if not k.startswith("denoiser/")} | files
     if classes is not None:
         source.classes = list(classes)
