@@ -184,7 +184,8 @@ def check_arguments(*, sizes, batch_sizes, precisions, repeats, engine_dir=None)
         raise CertsegError(f"--batch-sizes {','.join(map(str, batch_sizes))}: batch sizes must be >= 1")
     unknown = sorted(set(precisions) - {"fp32", "int8"})
     if unknown or not precisions:
-        raise CertsegError(f"--precisions: {', '.join(unknown) or 'none given'}; ONNX Runtime precisions are fp32, int8")
+        raise CertsegError(f"--precisions: {', '.join(unknown) or 'none given'}; ONNX Runtime precisions are "
+                           f"fp32, int8")
     if repeats < 1:
         raise CertsegError(f"--repeats {repeats} must be >= 1")
     if engine_dir is not None:

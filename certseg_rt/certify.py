@@ -38,6 +38,8 @@ from . import stats
 
 ABSTAIN = 255
 
+MAX_SAMPLES = 2**31 - 1  # per-pixel vote counts are int32
+
 DEFAULTS = {"sigma": 0.25, "tau": 0.75, "alpha": 0.001, "n0": 10, "n": 100, "correction": "holm", "seed": 0}
 
 
@@ -101,8 +103,8 @@ def check_parameters(*, sigma=None, tau=None, alpha=None, n0=None, n=None, corre
     if alpha is not None and not (0 < alpha < 1):
         bad("alpha", alpha, "must lie strictly between 0 and 1")
     for name, value in (("n0", n0), ("n", n)):
-        if value is not None and not (isinstance(value, (int, np.integer)) and value >= 1):
-            bad(name, value, "must be an integer >= 1")
+        if value is not None and not (isinstance(value, (int, np.integer)) and 1 <= value <= MAX_SAMPLES):
+            bad(name, value, f"must be an integer in [1, {MAX_SAMPLES}] (votes are counted in int32)")
     if correction is not None and correction not in stats.CORRECTIONS:
         bad("correction", correction, f"must be one of {', '.join(stats.CORRECTIONS)}")
     if seed is not None and not (isinstance(seed, (int, np.integer)) and 0 <= seed < 2**64):
@@ -133,11 +135,15 @@ def _count_of(counts: np.ndarray, candidate: np.ndarray) -> np.ndarray:
 
 
 def _check_counts(name: str, counts: np.ndarray, total: int | None) -> int:
-    if counts.ndim != 3 or not np.issubdtype(counts.dtype, np.integer):
+    if counts.ndim != 3 or counts.dtype.kind not in "iu":  # (numpy counts timedelta64 as an integer type)
         raise ValueError(f"{name} must be an integer array (C, H, W), got {counts.dtype} {counts.shape}")
+    if counts.shape[0] > ABSTAIN:
+        raise ValueError(f"{name} has {counts.shape[0]} classes; at most {ABSTAIN} (label {ABSTAIN} means abstain)")
     if (counts < 0).any():
         raise ValueError(f"{name} has negative counts")
-    per_pixel = counts.sum(axis=0)
+    if counts.size and counts.max() > MAX_SAMPLES:
+        raise ValueError(f"{name} has counts above {MAX_SAMPLES} (votes are counted in int32)")
+    per_pixel = counts.sum(axis=0, dtype=np.int64)  # cannot overflow: at most 255 classes of < 2**31
     if per_pixel.size and (per_pixel != per_pixel.flat[0]).any():
         raise ValueError(f"{name} must count the same number of samples at every pixel")
     got = int(per_pixel.flat[0]) if per_pixel.size else 0

@@ -186,6 +186,7 @@ def demo(out, count, model, sigma, tau, alpha, n0, n, seed, batch_size, correcti
     check_parameters(sigma=sigma, tau=tau, alpha=alpha, n0=n0, n=n, correction=correction, seed=seed)
     if count < 1:
         raise CertsegError(f"invalid count={count}: must be >= 1")
+    _check_writable(out)
     backend = reference_backend(_model_dir(model), sigma, batch_size=batch_size)
     src = backend.source
     segment_clean = _clean_segmenter(backend)
@@ -274,6 +275,7 @@ def export_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, classes, d
     from .export.onnx_export import export_onnx
 
     check_parameters(sigma=sigma)
+    _check_writable(out)
     source = _load_source(model, segmenter, segmenter_weights, segmenter_kwargs, classes, denoiser, image_size)
     click.echo(f"exporting to {out} ({exporter})", err=True)
     graphs = export_onnx(source, sigma, out, exporter=exporter, parity=not no_parity)
@@ -428,8 +430,10 @@ def make_phantoms(dataset_dir, count, size, first_seed):
     from .data.phantom import HELD_OUT_SEEDS, make_phantom
     from .io import write_png
 
-    if count < 1 or size < 16:
-        raise CertsegError("--count must be >= 1 and --size >= 16")
+    if count < 1 or not 16 <= size <= 4096:
+        raise CertsegError("--count must be >= 1 and --size between 16 and 4096")
+    if first_seed is not None and first_seed < 0:
+        raise CertsegError(f"--first-seed {first_seed} must be >= 0")
     start = HELD_OUT_SEEDS[0] if first_seed is None else first_seed
     for i in range(count):
         ph = make_phantom(start + i, size=size)
@@ -454,22 +458,28 @@ def make_phantoms(dataset_dir, count, size, first_seed):
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--correction", type=click.Choice(["holm", "bonferroni"]), default="holm", show_default=True)
 @click.option("--config-name", default=None, help="label of this configuration in the results")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
+              help="evaluate on a Ray cluster: HOST:PORT of its head, 'auto' (the default when no address is "
+                   "given: the running cluster) or 'local' (start one here)")
+@click.option("--ray-cpus", type=float, default=1.0, show_default=True,
+              help="with --ray: CPUs (and threads) per worker; a TensorRT engine takes one GPU per worker")
+@click.option("--ray-workers", type=int, default=None, help="with --ray: number of workers [default: fill the cluster]")
 @_user_errors
 def evaluate(dataset_dir, out, model, engine, sigmas, no_denoiser, tau, alpha, n0, n, seed, batch_size, correction,
-             config_name):
+             config_name, ray_address, ray_cpus, ray_workers):
     """Certified Dice / IoU, abstain rate and radius over a dataset folder; CSV + JSON + PNG plots.
 
     Abstained pixels count as false negatives of their true class and never as false positives.
-    Finished images are skipped when re-run (results are written per image, atomically).
+    Finished images are skipped when re-run (results are written per image, atomically), with or
+    without --ray: the records are the same.
 
     \b
     Example:
       certseg-rt make-phantoms data/phantoms --count 20
       certseg-rt evaluate data/phantoms --sigma 0.25,0.5 --out results/
+      certseg-rt evaluate data/phantoms --ray HEAD:6379 --engine engines/chest --out results/
     """
-    from tqdm import tqdm
-
-    from .evaluate import evaluate_sample, list_dataset, record_path, write_tables
+    from .evaluate import list_dataset, record_path, write_tables
     from .io import overlay, read_image, write_json
 
     try:
@@ -480,34 +490,65 @@ def evaluate(dataset_dir, out, model, engine, sigmas, no_denoiser, tau, alpha, n
         check_parameters(sigma=sg, tau=tau, alpha=alpha, n0=n0, n=n, correction=correction, seed=seed)
     if engine is not None and len(sigma_list) > 1:
         raise CertsegError("an engine is built for one sigma; evaluate one engine per sigma")
+    if batch_size < 1:
+        raise CertsegError(f"invalid batch-size={batch_size}: must be an integer >= 1")
+    if ray_address is None and (ray_workers is not None or ray_cpus != 1.0):
+        raise CertsegError("--ray-workers and --ray-cpus need --ray")
+    if ray_address is not None and (ray_cpus <= 0 or (ray_workers is not None and ray_workers < 1)):
+        raise CertsegError("--ray-cpus must be > 0 and --ray-workers >= 1")
     samples = list_dataset(dataset_dir)
+    _check_writable(out)
     config = config_name or (f"engine:{Path(engine).name}" if engine else
                              ("plain" if no_denoiser else "denoised"))
+    params = {"n0": n0, "n": n, "tau": tau, "alpha": alpha, "seed": seed, "correction": correction}
     records, failures, tiles = [], [], []
-    for sg in sigma_list:
-        backend, classes = _open_backend(model, engine, sg, batch_size, denoiser=not no_denoiser)
-        sigma = backend.sigma
-        clean_fn = _clean_segmenter(backend)
-        for sample in tqdm(samples, desc=f"{config} sigma={sigma:g}", unit="image", file=sys.stderr, disable=None):
-            path = record_path(out, config, sigma, sample.name)
-            params = {"n0": n0, "n": n, "tau": tau, "alpha": alpha, "seed": seed, "correction": correction}
-            if path.is_file():
-                done = json.loads(path.read_text())
-                if done.get("parameters") == params:
-                    records.append(done)
-                    continue
-            try:
-                rec = evaluate_sample(sample, backend, clean_fn, classes, sigma=sigma, **params)
-            except (CertsegError, ValueError) as e:
-                failures.append({"image": sample.name, "sigma": sigma, "reason": str(e).splitlines()[0]})
-                continue
-            labels = rec.pop("_labels")
-            rec["config"] = config
-            write_json(path, rec)
-            records.append(rec)
-            if len(tiles) < 8 and sg == sigma_list[0]:
-                tiles.append((f"{sample.name} sigma={sigma:g} Dice {rec['certified_dice']:.2f}",
-                              overlay(read_image(sample.image, backend.channels), labels)))
+    # On a cluster the engine or model is checked here, before Ray starts (the workers open it).
+    targets = [_ray_target(model, engine, sg, batch_size, not no_denoiser) for sg in sigma_list] \
+        if ray_address is not None else None
+    try:
+        with _ray_or_nothing(ray_address) as ray:
+            for k, sg in enumerate(sigma_list):
+                if ray is None:
+                    backend, classes = _open_backend(model, engine, sg, batch_size, denoiser=not no_denoiser)
+                    sigma, channels = backend.sigma, backend.channels
+                else:
+                    target = targets[k]
+                    sigma, classes, channels = target.sigma, list(target.classes), target.channels
+                done, todo = {}, []
+                for sample in samples:
+                    rec = _finished_record(record_path(out, config, sigma, sample.name), params)
+                    if rec is None:
+                        todo.append(sample)
+                    else:
+                        done[sample.name] = rec
+                want = set(range(max(0, 8 - len(tiles)))) if sg == sigma_list[0] else set()
+                if ray is None:
+                    outcomes = _evaluate_here(todo, backend, _clean_segmenter(backend), classes, sigma, params)
+                else:
+                    from .distributed import evaluate_on_ray
+
+                    outcomes = evaluate_on_ray(ray, todo, target, params, cpus=ray_cpus, workers=ray_workers,
+                                               labels_for=want)
+                new, failed, shown = {}, {}, {}
+                for o in _progress_of(outcomes, len(todo), f"{config} sigma={sigma:g}"):
+                    sample = todo[o.index]
+                    if o.reason is not None:
+                        failed[o.index] = {"image": sample.name, "sigma": sigma, "reason": o.reason}
+                        continue
+                    rec = {**o.record, "config": config}
+                    write_json(record_path(out, config, sigma, sample.name), rec)
+                    new[sample.name] = rec
+                    if o.labels is not None and o.index in want:
+                        shown[o.index] = o.labels
+                records += [done.get(s.name) or new[s.name] for s in samples if s.name in done or s.name in new]
+                failures += [failed[i] for i in sorted(failed)]
+                for i in sorted(shown)[:max(0, 8 - len(tiles))]:
+                    rec = new[todo[i].name]
+                    tiles.append((f"{todo[i].name} sigma={sigma:g} Dice {rec['certified_dice']:.2f}",
+                                  overlay(read_image(todo[i].image, channels), shown[i])))
+    except KeyboardInterrupt:
+        raise CertsegError(f"interrupted; finished images are saved in {out}/records (re-run the same command "
+                           f"to resume)")
     summary = write_tables(out, records, failures, classes)
     try:
         from .plots import dice_vs_radius, overlay_grid
@@ -527,6 +568,65 @@ def evaluate(dataset_dir, out, model, engine, sigmas, no_denoiser, tau, alpha, n
     click.echo(f"results in {out}/ (per_image.csv, summary.json, dice_vs_radius.png, overlays.png)", err=True)
     if failures:
         raise SystemExit(1)
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse an output folder that cannot be created or written, before any work."""
+    import os
+
+    probe = Path(out)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise CertsegError(f"cannot write to {out}: {probe} is not a writable folder; choose another --out")
+
+
+def _finished_record(path: Path, params: dict) -> dict | None:
+    """The record of an image already evaluated with these parameters, or None (then it is redone)."""
+    try:
+        done = json.loads(path.read_text())
+    except (OSError, ValueError):  # absent, or unreadable: redo it (the record is rewritten atomically)
+        return None
+    return done if isinstance(done, dict) and done.get("parameters") == params else None
+
+
+def _evaluate_here(todo, backend, clean_fn, classes, sigma, params):
+    """The images evaluated in this process, one outcome each (as distributed.evaluate_on_ray yields them)."""
+    from .distributed import Outcome
+    from .evaluate import evaluate_sample
+
+    for i, sample in enumerate(todo):
+        try:
+            rec = evaluate_sample(sample, backend, clean_fn, classes, sigma=sigma, **params)
+        except (CertsegError, ValueError) as e:
+            yield Outcome(i, reason=str(e).splitlines()[0] if str(e) else type(e).__name__)
+            continue
+        labels = rec.pop("_labels")
+        yield Outcome(i, record=rec, labels=labels)
+
+
+def _progress_of(iterable, total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="image", file=sys.stderr, disable=None)
+
+
+def _ray_or_nothing(address):
+    import contextlib
+
+    if address is None:
+        return contextlib.nullcontext(None)
+    from .distributed import ray_session
+
+    return ray_session(address)
+
+
+def _ray_target(model, engine, sigma, batch_size, denoiser):
+    from .distributed import engine_target, model_target
+
+    if engine is not None:
+        return engine_target(engine, sigma, batch_size)
+    return model_target(_model_dir(model), DEFAULTS["sigma"] if sigma is None else sigma, batch_size, denoiser)
 
 
 def _clean_segmenter(backend):

@@ -19,6 +19,17 @@ CLASS_COLOURS = np.array([[0, 0, 0], [46, 134, 222], [39, 174, 96], [231, 76, 60
                           [241, 196, 15], [155, 89, 182], [26, 188, 156], [230, 126, 34]], np.uint8)
 ABSTAIN_COLOUR = np.array([255, 0, 255], np.uint8)
 
+# The largest image certseg-rt takes (height x width).  Larger ones are refused before their pixels are
+# decoded: a batch of noisy copies of a 64-megapixel image alone would take gigabytes.
+MAX_PIXELS = 4096 * 4096
+
+
+def check_image_size(height: int, width: int, what: str = "image",
+                     fix: str = "downsample it to the model's input size") -> None:
+    if height * width > MAX_PIXELS:
+        raise InputError(f"{what} is {height}x{width} ({height * width / 1e6:.1f} megapixels); certseg-rt takes images "
+                         f"up to {MAX_PIXELS / 1e6:.1f} megapixels (e.g. 4096x4096): {fix}")
+
 
 @contextmanager
 def atomic_path(path: Path):
@@ -29,11 +40,14 @@ def atomic_path(path: Path):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise CertsegError(f"cannot write to {path.parent}: {e.strerror}; choose a writable output path")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; results are ordinary files
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+    try:  # from here on an interrupt (Ctrl-C) leaves no temporary file behind
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; results are ordinary files
+        try:
+            yield Path(tmp)
+            os.replace(tmp, path)
+        except OSError as e:  # a full disk, or `path` is a directory
+            raise CertsegError(f"cannot write {path}: {e.strerror or e}; free space or choose another output path")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -84,9 +98,13 @@ def read_image(path: Path, channels: int = 1) -> np.ndarray:
     mode = "npy"
     if path.suffix.lower() == ".npy":
         try:
-            a = np.load(path, allow_pickle=False)
+            a = np.load(path, allow_pickle=False, mmap_mode="r")  # the header first: no pixels read yet
         except (ValueError, OSError, EOFError) as e:
-            raise InputError(f"cannot read {path} as a numpy array ({e}); save it with numpy.save")
+            reason = "it holds Python objects, and certseg-rt never unpickles" if "Python objects" in str(e) else e
+            raise InputError(f"cannot read {path} as a numpy array ({reason}); save it with numpy.save")
+        if a.size > 4 * MAX_PIXELS:
+            raise InputError(f"image {path} has shape {a.shape} ({a.size / 1e6:.0f} million values); certseg-rt "
+                             f"takes images up to {MAX_PIXELS / 1e6:.1f} megapixels: downsample it")
         if a.ndim == 3:
             a = np.moveaxis(a, 0, -1) if a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4) else a
     else:
@@ -94,12 +112,21 @@ def read_image(path: Path, channels: int = 1) -> np.ndarray:
 
         try:
             with Image.open(path) as im:
+                check_image_size(im.height, im.width, what=f"image {path}")  # before decoding the pixels
                 im.load()
                 mode = im.mode
+                if mode in ("CMYK", "YCbCr", "LAB", "HSV"):  # colour spaces that are not RGB channels
+                    im = im.convert("RGB")
+                    mode = im.mode
                 if mode == "P":
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
                     mode = im.mode
                 a = np.asarray(im)
+        except Image.DecompressionBombError:
+            raise InputError(f"image {path} is larger than {MAX_PIXELS / 1e6:.1f} megapixels; downsample it to the "
+                             f"model's input size")
+        except InputError:
+            raise
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise InputError(f"cannot read image {path}: {e} (truncated or not an image); give a PNG, JPEG or TIFF")
     if a.ndim == 3 and a.shape[-1] in (2, 4):
@@ -120,6 +147,7 @@ def read_image(path: Path, channels: int = 1) -> np.ndarray:
                          f"or use a 1-channel model")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise InputError(f"image {path} is empty")
+    check_image_size(a.shape[0], a.shape[1], what=f"image {path}")
     return np.ascontiguousarray(np.moveaxis(_to_unit_range(a, mode, path), -1, 0))
 
 

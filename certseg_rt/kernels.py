@@ -55,8 +55,17 @@ def _seed_key(seed: int) -> np.ndarray:
     return np.array([seed & 0xFFFFFFFF, seed >> 32], dtype=np.uint32)
 
 
+def _check_samples(first_sample: int, num_samples: int) -> None:
+    if not (0 <= first_sample and 0 <= num_samples and first_sample + num_samples <= 2**64):
+        raise ValueError(f"samples {first_sample} .. {first_sample} + {num_samples} must lie in [0, 2**64) "
+                         f"(sample indices are 64-bit counters)")
+
+
 def gaussian_noise(seed: int, first_sample: int, num_samples: int, elements: int) -> np.ndarray:
     """eps for samples first_sample .. first_sample + num_samples - 1: float32 (num_samples, elements)."""
+    _check_samples(first_sample, num_samples)
+    if elements < 0:
+        raise ValueError(f"elements must be >= 0, got {elements}")
     blocks = (elements + 3) // 4
     samples = np.arange(first_sample, first_sample + num_samples, dtype=np.uint64)
     ctr = np.empty((num_samples, blocks, 4), dtype=np.uint32)
@@ -88,8 +97,9 @@ def fill_noisy(x: np.ndarray, sigma: float, seed: int, first_sample: int, out: n
 
 def accumulate_votes(labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """counts[c, p] += #{b : labels[b, p] == c}; labels (B, H, W) uint8, counts (C, H, W) int32, in place."""
-    if labels.ndim != 3 or labels.shape[1:] != counts.shape[1:]:
-        raise ValueError(f"labels must be (B, {counts.shape[1]}, {counts.shape[2]}), got {labels.shape}")
+    if counts.ndim != 3 or labels.ndim != 3 or labels.shape[1:] != counts.shape[1:]:
+        raise ValueError(f"labels (B, H, W) and counts (C, H, W) must agree in H, W; got labels {labels.shape} "
+                         f"and counts {counts.shape}")
     num_classes = counts.shape[0]
     pixels = labels.shape[1] * labels.shape[2]
     flat = labels.reshape(labels.shape[0], pixels)
@@ -110,7 +120,10 @@ def philox4x32_raw(counter, key) -> np.ndarray:
     """
     from ._ext_loader import ext
 
-    ctr, k = np.asarray(counter, dtype=np.uint32), np.asarray(key, dtype=np.uint32)
+    try:
+        ctr, k = np.asarray(counter, dtype=np.uint32), np.asarray(key, dtype=np.uint32)
+    except OverflowError:
+        raise ValueError("counter and key words must be integers in [0, 2**32)")
     if ctr.shape != (4,) or k.shape != (2,):
         raise ValueError(f"counter must be 4 uint32 words and key 2, got shapes {ctr.shape} and {k.shape}")
     if ext is not None:

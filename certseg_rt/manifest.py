@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 from .errors import CertsegError
@@ -55,6 +56,8 @@ def load_manifest(engine_dir: Path, verify_hashes: bool = True) -> dict:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise CertsegError(f"{engine_dir} has no {MANIFEST_NAME}, so it is not an engine directory; {REBUILD}")
+    except OSError as e:
+        raise CertsegError(f"cannot read {path} ({e.strerror}); {REBUILD}")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CertsegError(f"{path} is not valid JSON ({e}); {REBUILD}")
     if not isinstance(manifest, dict):
@@ -65,6 +68,7 @@ def load_manifest(engine_dir: Path, verify_hashes: bool = True) -> dict:
     if manifest["format_version"] != FORMAT_VERSION:
         raise CertsegError(f"{path} has format_version {manifest['format_version']!r}, this certseg-rt reads "
                            f"{FORMAT_VERSION}; {REBUILD}")
+    _check_fields(manifest, path)
     if verify_hashes:
         for name, digest in manifest["files"].items():
             file = _inside(engine_dir, name)
@@ -74,6 +78,42 @@ def load_manifest(engine_dir: Path, verify_hashes: bool = True) -> dict:
                 raise CertsegError(f"engine file {name} changed since it was built (sha256 mismatch in field "
                                    f"files.{name}); {REBUILD}")
     return manifest
+
+
+def _check_fields(m: dict, path: Path) -> None:
+    """The types and ranges the runtime relies on, so a hand-edited manifest fails here in one line."""
+    def bad(field, rule):
+        raise CertsegError(f"{path} field {field} {rule}; {REBUILD}")
+
+    def positive_int(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    files = m["files"]
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        bad("files", "must map file names to sha256 digests")
+    for name in ("backend", "precision"):
+        if not isinstance(m[name], str):
+            bad(name, "must be a string")
+    sigma = m["sigma"]
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
+        bad("sigma", f"is {sigma!r}; it must be a number > 0")
+    classes = m["classes"]
+    if not isinstance(classes, list) or not 1 <= len(classes) <= 255 or not all(isinstance(c, str) for c in classes):
+        bad("classes", "must list 1 to 255 class names")
+    inp = m["input"]
+    if not isinstance(inp, dict) or not all(positive_int(inp.get(k)) for k in ("channels", "height", "width")):
+        bad("input", "must give channels, height and width as integers >= 1")
+    sizes = m["batch_sizes"]
+    if not isinstance(sizes, dict) or not all(positive_int(sizes.get(k)) for k in ("min", "opt", "max")) \
+            or not sizes["min"] <= sizes["opt"] <= sizes["max"]:
+        bad("batch_sizes", "must give integers 1 <= min <= opt <= max")
+    if not isinstance(m["tools"], dict):
+        bad("tools", "must be an object")
+    graphs = m.get("graphs", {})
+    # Only files whose hashes were checked may be loaded: every graph must be listed in files.
+    if not isinstance(graphs, dict) or \
+            not all(v is None or (isinstance(v, str) and v in files) for v in graphs.values()):
+        bad("graphs", "must name files listed in field files")
 
 
 def write_manifest(engine_dir: Path, manifest: dict) -> dict:

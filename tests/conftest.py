@@ -19,6 +19,21 @@ def reference(chest_dir):
 
 
 @pytest.fixture(scope="session")
+def engine_dir(tmp_path_factory):
+    """An ONNX Runtime engine directory of the bundled model, built once per session (~20 s)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from click.testing import CliRunner
+
+    from certseg_rt.cli import main
+
+    out = tmp_path_factory.mktemp("engines") / "chest"
+    r = CliRunner().invoke(main, ["build-engine", "--out", str(out), "--batch-sizes", "1,8,32"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture(scope="session")
 def phantom():
     from certseg_rt.data.phantom import HELD_OUT_SEEDS, make_phantom
 

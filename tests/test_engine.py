@@ -17,14 +17,6 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(scope="session")
-def engine_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("engines") / "chest"
-    r = CliRunner().invoke(main, ["build-engine", "--out", str(out), "--batch-sizes", "1,8,32"])
-    assert r.exit_code == 0, r.output
-    return out
-
-
 def test_manifest_records_what_is_certified(engine_dir):
     m = json.loads((engine_dir / "manifest.json").read_text())
     assert m["backend"] == "onnxruntime" and m["precision"] == "fp32" and m["sigma"] == 0.25

@@ -124,6 +124,8 @@ def build_engine(source: SourceModel, sigma: float, out: Path, *, backend: str =
     lo, opt, hi = batch_sizes
     if not 1 <= lo <= opt <= hi:
         raise CertsegError(f"--batch-sizes {lo},{opt},{hi} must satisfy 1 <= MIN <= OPT <= MAX")
+    if threads is not None and threads < 1:
+        raise CertsegError(f"--threads {threads} must be >= 1 (omit it to use all cores)")
     threads = threads or os.cpu_count() or 1
     with staged_directory(out) as stage:
         log(f"exporting ONNX graphs ({exporter}, opset {OPSET})")

@@ -189,4 +189,13 @@ def load_source(model_dir: Path, *, segmenter: str | None = None, weights: Path 
         if side % source.size_multiple:
             raise CertsegError(f"image size {source.height}x{source.width} must be a multiple of "
                                f"{source.size_multiple} for this model")
+    from ..io import check_image_size
+
+    check_image_size(source.height, source.width, what="--image-size", fix="choose a smaller --image-size")
+    if source.segmenter is not None:  # the class names must match what the segmenter outputs
+        with torch.inference_mode():
+            got = source.segmenter(torch.zeros(1, source.channels, source.height, source.width)).shape[1]
+        if got != len(source.classes):
+            raise CertsegError(f"the segmenter outputs {got} classes but {len(source.classes)} class names are "
+                               f"given; pass --classes with {got} names")
     return source

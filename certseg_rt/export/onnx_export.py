@@ -127,7 +127,10 @@ def export_onnx(source: SourceModel, sigma: float, out_dir: Path, *, exporter: s
                 parity: bool = True) -> ExportedGraphs:
     """Write model.onnx (fused, labels), segmenter.onnx and (with a denoiser) denoiser.onnx into out_dir."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CertsegError(f"cannot write to {out_dir}: {e.strerror}; choose a writable --out")
     meta = graph_metadata(source, sigma)
     example = torch.rand(2, source.channels, source.height, source.width)
     den = None

@@ -12,6 +12,7 @@ import numpy as np
 from .. import kernels
 from .._ext_loader import ext
 from ..errors import InputError
+from ..io import check_image_size
 
 # The compiled kernels (cpp_ext/) when this install has them; the numpy reference otherwise.  Both
 # produce the same numbers (tests/test_ext_kernels.py), so which one ran never changes a certificate.
@@ -31,6 +32,7 @@ def check_input(x: np.ndarray, channels: int, size_multiple: int = 1) -> np.ndar
         raise InputError(f"image has shape {x.shape}; the model takes ({channels}, H, W)")
     if x.shape[1] == 0 or x.shape[2] == 0:
         raise InputError(f"image is empty (shape {x.shape})")
+    check_image_size(x.shape[1], x.shape[2])  # before a batch of noisy copies is allocated
     if x.shape[1] % size_multiple or x.shape[2] % size_multiple:
         raise InputError(f"image is {x.shape[1]}x{x.shape[2]}; the model needs height and width that are "
                          f"multiples of {size_multiple} (resize or pad the image)")
@@ -38,6 +40,9 @@ def check_input(x: np.ndarray, channels: int, size_multiple: int = 1) -> np.ndar
         raise InputError(f"image dtype is {x.dtype}; give float values in [0, 1] (io.read_image converts files)")
     if not np.isfinite(x).all():
         raise InputError("image contains NaN or Inf values; clean or re-export the image")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:  # as io.read_image refuses for files: the model and the noise are defined on [0, 1]
+        raise InputError(f"image values lie in [{lo:.3g}, {hi:.3g}]; the model takes [0, 1]: rescale the image")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 

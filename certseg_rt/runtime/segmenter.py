@@ -21,6 +21,29 @@ def _check_tool_versions(manifest: dict) -> None:
                            f"onnxruntime=={built} or {REBUILD.replace('rebuild it', 'rebuild the engine')}")
 
 
+def _check_graph_matches(session, manifest: dict, name: str) -> None:
+    """The fused graph is what the manifest says: labels out, its input shape, and (where the graph
+    records them) its sigma and classes.  A manifest edited by hand, or copied from another engine, fails here."""
+    import json
+
+    inp, out = session.get_inputs()[0], session.get_outputs()[0]
+    want = manifest["input"]
+    shape = [want["channels"], want["height"], want["width"]]
+    if out.type != "tensor(uint8)" or any(isinstance(d, int) and d != w for d, w in zip(inp.shape[1:], shape)):
+        raise CertsegError(f"engine graph {name} takes {inp.shape} and gives {out.type}, but the manifest (field "
+                           f"input) describes labels (uint8) of a {shape} image; {REBUILD}")
+    meta = session.get_modelmeta().custom_metadata_map
+    try:
+        if "sigma" in meta and not np.isclose(float(meta["sigma"]), manifest["sigma"], rtol=0, atol=1e-9):
+            raise CertsegError(f"engine field sigma is {manifest['sigma']} but {name} was built for sigma "
+                               f"{meta['sigma']}; {REBUILD}")
+        if "classes" in meta and json.loads(meta["classes"]) != manifest["classes"]:
+            raise CertsegError(f"engine field classes lists {len(manifest['classes'])} classes, but {name} was "
+                               f"built for {meta['classes']}; {REBUILD}")
+    except (ValueError, TypeError):
+        raise CertsegError(f"engine graph {name} has unreadable metadata (sigma, classes); {REBUILD}")
+
+
 class CertifiedSegmenter:
     """Certify images with a built engine directory.
 
@@ -71,7 +94,11 @@ class CertifiedSegmenter:
         if not manifest["batch_sizes"]["min"] <= batch <= manifest["batch_sizes"]["max"]:
             raise CertsegError(f"batch size {batch} is outside the engine's range "
                                f"{manifest['batch_sizes']['min']}..{manifest['batch_sizes']['max']}")
-        session = make_session(engine_dir / manifest["graphs"]["fused"], provider, threads)
+        graphs = manifest.get("graphs") or {}
+        if not graphs.get("fused") or not graphs.get("segmenter"):
+            raise CertsegError(f"engine field graphs must name the fused and the segmenter graph; {REBUILD}")
+        session = make_session(engine_dir / graphs["fused"], provider, threads)
+        _check_graph_matches(session, manifest, graphs["fused"])
         backend = OnnxRuntimeBackend(session, sigma=manifest["sigma"], num_classes=len(manifest["classes"]),
                                      channels=inp["channels"], height=inp["height"], width=inp["width"],
                                      batch_size=batch, provider=provider)
