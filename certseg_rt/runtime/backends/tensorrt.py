@@ -236,6 +236,25 @@ def open_tensorrt_backend(engine_dir, manifest: dict | None = None, *, batch_siz
 
 # ---- device memory and the device-side loop -----------------------------------------------------------------
 
+class _ClosesDeviceResources:
+    """Context manager over close(): device memory, graphs and contexts are freed on exit or collection."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
 class DeviceBuffer:
     """cudaMalloc'd bytes, freed by ``free()`` (idempotent)."""
 
@@ -337,7 +356,7 @@ class _DeviceLoop:
 
 # ---- runner ------------------------------------------------------------------------------------------------
 
-class TensorRTBackend(GraphBackend):
+class TensorRTBackend(_ClosesDeviceResources, GraphBackend):
     """A deserialized engine x_noisy -> labels, with device buffers allocated once and a CUDA graph per batch.
 
     ``sample_counts`` keeps everything on the device (module doc).  ``infer`` runs a host batch through the
@@ -483,22 +502,12 @@ class TensorRTBackend(GraphBackend):
             self._loop.close()
             self._loop = None
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 # ---- ONNX Runtime's CUDA / TensorRT execution providers on device memory ----------------------------------
 
-class OnnxRuntimeDeviceBackend(OnnxRuntimeBackend):
+class OnnxRuntimeDeviceBackend(_ClosesDeviceResources, OnnxRuntimeBackend):
     """ONNX Runtime (CUDA or TensorRT EP) with noise, labels and votes in device memory.
 
     ONNX Runtime runs on our stream (provider option ``user_compute_stream``) and does not synchronize
@@ -576,8 +585,3 @@ class OnnxRuntimeDeviceBackend(OnnxRuntimeBackend):
             self._loop.close()
             self._loop = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
