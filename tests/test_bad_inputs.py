@@ -283,15 +283,7 @@ def test_console_script_bad_input_no_traceback(files):
 # ---------------------------------------------------------------------------------- engine directories
 
 
-def _copy_engine(engine_dir, dst):
-    shutil.copytree(engine_dir, dst)
-    return dst
-
-
-def _edit_manifest(d, edit):
-    m = json.loads((d / "manifest.json").read_text())
-    edit(m)
-    (d / "manifest.json").write_text(json.dumps(m))
+from engine_helpers import copy_engine as _copy_engine, edit_manifest as _edit_manifest  # noqa: E402
 
 
 def _rehash(d, name):

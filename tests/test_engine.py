@@ -1,7 +1,6 @@
 """Engine directories (ONNX Runtime): export parity, manifest checks, torch-free runtime, parity of certificates."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -59,16 +58,11 @@ def test_engine_counts_do_not_depend_on_batch_size(engine_dir, phantom):
     assert np.array_equal(c1, c8) and np.array_equal(c1, c3)
 
 
+from engine_helpers import copy_engine, edit_manifest as _rewrite_manifest  # noqa: E402
+
+
 def _copy(engine_dir, tmp_path):
-    dst = tmp_path / "engine"
-    shutil.copytree(engine_dir, dst)
-    return dst
-
-
-def _rewrite_manifest(path, edit):
-    m = json.loads((path / "manifest.json").read_text())
-    edit(m)
-    (path / "manifest.json").write_text(json.dumps(m))
+    return copy_engine(engine_dir, tmp_path / "engine")
 
 
 def _truncate_and_rehash(d):
