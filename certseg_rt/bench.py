@@ -126,11 +126,13 @@ def _reference_loop_certify(model, x, *, n0, n, tau, alpha, seed, sigma):
 def run_row(spec: dict) -> dict:
     """Time one configuration (called in a fresh subprocess)."""
     from .certify import certify
-    from .data.phantom import HELD_OUT_SEEDS, make_phantom
+    from .data import HELD_OUT_SEEDS
+    from .data.modalities import get_modality
     from .metrics import mean_foreground_dice
 
     size, n0, n, repeats, bs = spec["image_size"], spec["n0"], spec["n"], spec["repeats"], spec["batch_size"]
-    images = [make_phantom(HELD_OUT_SEEDS[700 + i], size=size) for i in range(DICE_PHANTOMS)]
+    modality = get_modality(spec["modality"])
+    images = [modality.make_phantom(HELD_OUT_SEEDS[700 + i], size) for i in range(DICE_PHANTOMS)]
     if spec["backend"] == "onnxruntime":
         from .runtime.segmenter import CertifiedSegmenter
 
@@ -148,13 +150,19 @@ def run_row(spec: dict) -> dict:
         else:
             run = lambda x, seed: certify(backend, x, n0=n0, n=n, seed=seed).labels
     run(images[0].image, 0)  # warm-up
-    times = []
+    # The timed calls certify the Dice phantoms in turn (seed 100 + phantom), so their labels score the row
+    # too; phantoms that no timed call reached are certified untimed.
+    times, labels = [], {}
     for r in range(repeats):
+        i = r % len(images)
         start = time.perf_counter()
-        run(images[r % len(images)].image, r + 1)
+        labels[i] = run(images[i].image, 100 + i)
         times.append(time.perf_counter() - start)
-    dice = [mean_foreground_dice(run(ph.image, 100 + i), ph.mask, 4) for i, ph in enumerate(images)] \
-        if spec.get("dice", True) else []
+    dice = []
+    if spec.get("dice", True):
+        for i, ph in enumerate(images):
+            got = labels[i] if i in labels else run(ph.image, 100 + i)
+            dice.append(mean_foreground_dice(got, ph.mask, len(modality.classes)))
     med = statistics.median(times)
     flops = spec["gflop_per_sample"] * (n0 + n)
     return {"backend": spec["backend"], "precision": spec["precision"], "image_size": size, "n0": n0, "n": n,
@@ -199,14 +207,15 @@ def check_arguments(*, sizes, batch_sizes, precisions, repeats, engine_dir=None)
 
 
 def run(*, sizes=(128, 256), ns=(100,), batch_sizes=(8, 16, 32), precisions=("fp32", "int8"), repeats: int = 3,
-        n0: int = 10, reference: bool = True, engine_dir: Path | None = None, log=print) -> dict:
+        n0: int = 10, reference: bool = True, engine_dir: Path | None = None, model: str = "chest", log=print) -> dict:
     check_arguments(sizes=sizes, batch_sizes=batch_sizes, precisions=precisions, repeats=repeats,
                     engine_dir=engine_dir)
     from .export.build import build_engine
     from .export.loaders import load_model_dir, load_source
     from .zoo import bundled_model_dir
 
-    model = bundled_model_dir()
+    model = Path(model) if Path(model).is_dir() else bundled_model_dir(model)
+    modality = load_model_dir(model, denoiser=False).modality or "chest"
     mach = machine()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -224,6 +233,7 @@ def run(*, sizes=(128, 256), ns=(100,), batch_sizes=(8, 16, 32), precisions=("fp
                 engines[precision] = path
             for n in ns:
                 base = {"image_size": size, "n0": n0, "n": n, "gflop_per_sample": gflop, "model": str(model),
+                        "modality": modality,
                         "repeats": repeats if n <= 100 else 1}
                 if reference and n <= 100:
                     log(f"reference-loop {size}x{size} n={n}")
@@ -247,7 +257,7 @@ def run(*, sizes=(128, 256), ns=(100,), batch_sizes=(8, 16, 32), precisions=("fp
     for row in rows:
         peak = mach["fp32_peak_gflops_estimate"]
         row["fraction_of_fp32_peak"] = round(row["gflops_per_second"] / peak, 3) if peak else None
-    return {"machine": mach, "rows": rows, "summary": summarize(rows)}
+    return {"machine": mach, "model": model.name, "rows": rows, "summary": summarize(rows)}
 
 
 def summarize(rows) -> dict:
@@ -275,7 +285,7 @@ def summarize(rows) -> dict:
 
 def to_markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['isa'])}); estimated fp32 peak "
+    lines = [f"Model: bundled {result.get('model', 'chest')}.  Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['isa'])}); estimated fp32 peak "
              f"{m['fp32_peak_gflops_estimate']} GFLOP/s ({m['peak_assumption']}); torch {m.get('torch', '-')}, "
              f"onnxruntime {m.get('onnxruntime', '-')}, extension {m['extension']}.", "",
              "| backend | precision | image | n0 + n | batch | seconds (median) | samples/s | peak RSS MB | "

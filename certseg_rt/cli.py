@@ -73,6 +73,11 @@ def _model_dir(model: str) -> Path:
         raise CertsegError(f"{e}; or give a model directory (see {ZOO_DIR})")
 
 
+def _note(message: str) -> None:
+    """A remark about the input that changes nothing certified (stderr, one line)."""
+    click.echo(f"note: {message}", err=True)
+
+
 def _progress(total: int, desc: str):
     from tqdm import tqdm
 
@@ -146,20 +151,29 @@ def certify(image, model, engine, sigma, tau, alpha, n0, n, seed, batch_size, co
         raise CertsegError(f"--out {out} must end in .png (the mask is written as a PNG)")
     if not Path(image).is_file():
         raise CertsegError(f"image {image} does not exist (or is not a file)")
+    from .resize import fit_to_model
+
     backend, classes = _open_backend(model, engine, sigma, batch_size)
-    x = read_image(image, backend.channels)
-    cert = _certify_with_progress(backend, x, n0=n0, n=n, tau=tau, alpha=alpha, seed=seed, correction=correction,
-                                  desc=f"certify {Path(image).name}")
+    x = read_image(image, backend.channels, note=_note)
+    fit = fit_to_model(x, backend.input_size)
+    if fit.resized:
+        _note(f"{Path(image).name} is {fit.input_size[0]}x{fit.input_size[1]}: certified at the model's "
+              f"{fit.model_size[0]}x{fit.model_size[1]}, mask mapped back by nearest neighbour")
+    cert = _certify_with_progress(backend, fit.image(x), n0=n0, n=n, tau=tau, alpha=alpha, seed=seed,
+                                  correction=correction, desc=f"certify {Path(image).name}")
+    labels = fit.labels_back(cert.labels)
     summary = {"image": str(image), "image_sha256": sha256_file(image), "classes": classes,
-               **cert.summary(classes), "certseg_rt": __version__}
+               **cert.summary(classes), **fit.describe(), "radius_at_input_resolution": fit.radius_at_input(cert.radius),
+               "certseg_rt": __version__}
     if out is not None:
-        write_mask(out, cert.labels)
+        write_mask(out, labels)
         summary["mask"] = str(out)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
         per_class = ", ".join(f"{k} {v}" for k, v in summary["certified_pixels"].items())
-        click.echo(f"{image}: radius {cert.radius:.4f}, abstained {cert.abstain_fraction:.1%}, "
+        at_input = f" ({summary['radius_at_input_resolution']:.4f} at the image's resolution)" if fit.resized else ""
+        click.echo(f"{image}: radius {cert.radius:.4f}{at_input}, abstained {cert.abstain_fraction:.1%}, "
                    f"certified pixels: {per_class} ({cert.record['seconds']:.2f} s, {cert.record['backend']})")
 
 
@@ -171,13 +185,13 @@ def certify(image, model, engine, sigma, tau, alpha, n0, n, seed, batch_size, co
 @smoothing_options
 @_user_errors
 def demo(out, count, model, sigma, tau, alpha, n0, n, seed, batch_size, correction):
-    """Certify a few held-out phantom chest X-rays with the bundled model and show the result.
+    """Certify a few held-out phantoms (of the model's modality) with a bundled model and show the result.
 
     Prints per image the clean Dice (segmenter alone, clean image), the certified Dice
     (abstained pixels count as misses), the abstain rate and the radius; writes overlays
     (image | ground truth | certified, abstained pixels magenta) to OUT.
     """
-    from .data.phantom import HELD_OUT_SEEDS, make_phantom
+    from .data import HELD_OUT_SEEDS
     from .io import overlay, write_json, write_png
     from .metrics import abstain_rate, mean_foreground_dice
     from .runtime.backends.torch_eager import reference_backend
@@ -195,7 +209,7 @@ def demo(out, count, model, sigma, tau, alpha, n0, n, seed, batch_size, correcti
                f"({backend.name}; overlays -> {out})", err=True)
     click.echo(f"{'image':<14}{'clean Dice':>11}{'cert. Dice':>11}{'abstain':>9}{'radius':>8}{'seconds':>9}")
     for i in range(count):
-        ph = make_phantom(HELD_OUT_SEEDS[i], size=src.height)
+        ph = src.phantom(HELD_OUT_SEEDS[i])
         clean = segment_clean(ph.image)
         cert = _certify_with_progress(backend, ph.image, n0=n0, n=n, tau=tau, alpha=alpha, seed=seed,
                                       correction=correction, desc=f"phantom {i}")
@@ -343,7 +357,7 @@ def build_engine_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, clas
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def info(as_json):
-    """Version, available backends and the compiled extension."""
+    """Version, available backends, the compiled extension and the bundled models."""
     import importlib.util
 
     backends = {"torch-eager": importlib.util.find_spec("torch") is not None}
@@ -358,7 +372,9 @@ def info(as_json):
     backends["tensorrt"] = importlib.util.find_spec("tensorrt") is not None
     from ._ext_loader import EXTENSION_STATUS
 
-    data = {"version": __version__, "backends": backends, "extension": EXTENSION_STATUS}
+    from .zoo import bundled_models
+
+    data = {"version": __version__, "backends": backends, "extension": EXTENSION_STATUS, "models": bundled_models()}
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
@@ -367,6 +383,10 @@ def info(as_json):
             click.echo(f"  {name:<22} {'yes' if ok else 'no'}")
         click.echo(f"  extension: cpu {'yes' if EXTENSION_STATUS['cpu'] else 'no'}, "
                    f"cuda {'yes' if EXTENSION_STATUS['cuda'] else 'no'}")
+        click.echo("bundled models (--model NAME):")
+        for name, m in data["models"].items():
+            click.echo(f"  {name:<18} {m['modality'] or '-':<6} {m['channels']} ch, {len(m['classes'])} classes, "
+                       f"{'denoiser + segmenter' if m['denoiser'] else 'segmenter only (plain smoothing)'}")
 
 
 
@@ -379,9 +399,10 @@ def info(as_json):
 @click.option("--repeats", type=int, default=3, show_default=True, help="timed repeats per row (median reported)")
 @click.option("--quick", is_flag=True, help="n=100 only, batch 16 only, 2 repeats (under 5 minutes here)")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="write bench.json and bench.md here")
+@click.option("--model", default="chest", show_default=True, help="bundled model name or model directory")
 @click.option("--json", "as_json", is_flag=True, help="print {machine, rows, summary} as JSON")
 @_user_errors
-def bench(engine, sizes, batch_sizes, precisions, repeats, quick, out, as_json):
+def bench(engine, sizes, batch_sizes, precisions, repeats, quick, out, model, as_json):
     """Time certify on the bundled model: the published loop, torch eager, ONNX Runtime fp32/int8.
 
     Without --quick also n=1000.  Each row runs in its own process (peak RSS is the row's).
@@ -404,7 +425,7 @@ def bench(engine, sizes, batch_sizes, precisions, repeats, quick, out, as_json):
     if quick:
         batch_list, repeats = (16,), min(repeats, 2)
     result = run(sizes=size_list, ns=ns, batch_sizes=batch_list, precisions=precision_list, repeats=repeats,
-                 engine_dir=engine, log=lambda m: click.echo(m, err=True))
+                 engine_dir=engine, model=_model_dir(model), log=lambda m: click.echo(m, err=True))
     table = to_markdown(result)
     if out is not None:
         write_json(Path(out) / "bench.json", result)
@@ -418,16 +439,20 @@ def bench(engine, sizes, batch_sizes, precisions, repeats, quick, out, as_json):
 @click.option("--count", type=int, default=20, show_default=True, help="number of phantoms")
 @click.option("--size", type=int, default=128, show_default=True, help="image side in pixels")
 @click.option("--first-seed", type=int, default=None, help="seed of the first phantom [default: held-out seeds]")
+@click.option("--modality", type=click.Choice(["chest", "skin", "polyp"]), default="chest", show_default=True,
+              help="chest X-ray (gray, 4 classes), skin dermoscopy or polyp colonoscopy (RGB, binary)")
 @_user_errors
-def make_phantoms(dataset_dir, count, size, first_seed):
-    """Write synthetic chest X-rays with masks as a dataset folder (images/*.png, masks/*.png).
+def make_phantoms(dataset_dir, count, size, first_seed, modality):
+    """Write synthetic images with masks as a dataset folder (images/*.png, masks/*.png).
 
     \b
     Example:
       certseg-rt make-phantoms data/phantoms --count 20
       certseg-rt evaluate data/phantoms --out results/
+      certseg-rt make-phantoms data/skin --modality skin && certseg-rt evaluate data/skin --model skin --out res/
     """
-    from .data.phantom import HELD_OUT_SEEDS, make_phantom
+    from .data import HELD_OUT_SEEDS
+    from .data.modalities import get_modality
     from .io import write_png
 
     if count < 1 or not 16 <= size <= 4096:
@@ -435,12 +460,14 @@ def make_phantoms(dataset_dir, count, size, first_seed):
     if first_seed is not None and first_seed < 0:
         raise CertsegError(f"--first-seed {first_seed} must be >= 0")
     start = HELD_OUT_SEEDS[0] if first_seed is None else first_seed
+    make = get_modality(modality).make_phantom
     for i in range(count):
-        ph = make_phantom(start + i, size=size)
-        name = f"phantom_{start + i}"
-        write_png(Path(dataset_dir) / "images" / f"{name}.png", (ph.image[0] * 255).round().astype(np.uint8))
+        ph = make(start + i, size)
+        name = f"{modality}_{start + i}"
+        pixels = (np.moveaxis(ph.image, 0, -1) * 255).round().astype(np.uint8)
+        write_png(Path(dataset_dir) / "images" / f"{name}.png", pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
         write_png(Path(dataset_dir) / "masks" / f"{name}.png", ph.mask)
-    click.echo(f"wrote {count} phantoms to {dataset_dir}/images and {dataset_dir}/masks")
+    click.echo(f"wrote {count} {modality} phantoms to {dataset_dir}/images and {dataset_dir}/masks")
 
 
 @main.command()
@@ -559,7 +586,7 @@ def evaluate(dataset_dir, out, model, engine, sigmas, no_denoiser, tau, alpha, n
     except ImportError:
         click.echo("matplotlib is not installed: no plots (pip install 'certseg-rt[plots]')", err=True)
     for row in summary["overall"]:
-        click.echo(f"{row['config']:<12} sigma {row['sigma']:<5g} radius {row['radius']:.3f}  clean Dice "
+        click.echo(f"{row['modality']:<8}{row['config']:<12} sigma {row['sigma']:<5g} radius {row['radius']:.3f}  clean Dice "
                    f"{row['clean_dice']:.3f}  certified Dice {row['certified_dice']:.3f}  certified IoU "
                    f"{row['certified_iou']:.3f}  abstain {row['abstain_rate']:.1%}  ({row['images']} images)")
     click.echo("abstained pixels count as false negatives of their true class, never as false positives", err=True)

@@ -5,6 +5,11 @@ Dataset layout (``certseg-rt make-phantoms`` writes one):
     DATASET_DIR/images/<name>.png     the image (8/16-bit PNG, or anything io.read_image takes)
     DATASET_DIR/masks/<name>.png      its mask: class index per pixel (same size)
 
+Images may be PNG, JPEG, TIFF, .npy, NIfTI (.nii, .nii.gz) or DICOM (.dcm); masks PNG, .npy, TIFF,
+NIfTI or DICOM, holding integer class indices.  The sample name is the file name without its suffix
+("a.nii.gz" is "a").  NIfTI and DICOM files must hold one 2-D slice; images are min-max normalised and
+read in the same orientation as their masks (see medical_io).
+
 Per image and noise level: clean Dice (segmenter alone on the clean image), certified Dice and IoU
 per class (abstained pixels count as false negatives of their true class and never as false
 positives), abstain rate, radius.  Each finished (image, sigma) is written at once as its own JSON
@@ -23,9 +28,12 @@ import numpy as np
 from .certify import ABSTAIN, certify
 from .errors import CertsegError, InputError
 from .io import atomic_path, read_image, write_json
+from .medical_io import MEDICAL_SUFFIXES, is_medical, read_label_volume
 from .metrics import abstain_rate, dice_per_class, iou_per_class
+from .resize import fit_to_model
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", *MEDICAL_SUFFIXES)
+MASK_SUFFIXES = (".png", ".npy", ".tif", *MEDICAL_SUFFIXES)
 
 
 @dataclass
@@ -33,6 +41,14 @@ class Sample:
     name: str
     image: Path
     mask: Path | None
+
+
+def sample_name(path: Path) -> str | None:
+    """The image's file name without its suffix ("a.nii.gz" -> "a", where Path.stem gives "a.nii"); None
+    if it is not an image certseg-rt reads."""
+    lower = path.name.lower()
+    suffix = next((s for s in sorted(IMAGE_SUFFIXES, key=len, reverse=True) if lower.endswith(s)), None)
+    return path.name[:-len(suffix)] if suffix else None
 
 
 def list_dataset(root: Path) -> list[Sample]:
@@ -43,17 +59,20 @@ def list_dataset(root: Path) -> list[Sample]:
                            f"DATASET_DIR/masks/*.png (certseg-rt make-phantoms writes one)")
     samples = []
     for path in sorted(images.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
+        name = sample_name(path)
+        if not name:
             continue
-        mask = next((m for m in (masks / f"{path.stem}{s}" for s in (".png", ".npy", ".tif")) if m.is_file()), None)
-        samples.append(Sample(path.stem, path, mask))
+        mask = next((m for m in (masks / f"{name}{s}" for s in MASK_SUFFIXES) if m.is_file()), None)
+        samples.append(Sample(name, path, mask))
     if not samples:
         raise CertsegError(f"{images} contains no images ({', '.join(IMAGE_SUFFIXES)})")
     return samples
 
 
 def read_mask(path: Path, num_classes: int, shape: tuple[int, int]) -> np.ndarray:
-    if path.suffix.lower() == ".npy":
+    if is_medical(path):  # NIfTI / DICOM: integer labels, same orientation as read_image gives the image
+        mask = read_label_volume(path)
+    elif path.suffix.lower() == ".npy":
         mask = np.load(path, allow_pickle=False)
     else:
         from PIL import Image
@@ -70,22 +89,35 @@ def read_mask(path: Path, num_classes: int, shape: tuple[int, int]) -> np.ndarra
     if mask.shape != shape:
         raise InputError(f"mask {path.name} is {mask.shape[0]}x{mask.shape[1]} but its image is {shape[0]}x{shape[1]}")
     if mask.max(initial=0) >= num_classes:
-        raise InputError(f"mask {path.name} has label {int(mask.max())}, the model knows {num_classes} classes")
+        unknown = sorted(int(v) for v in np.unique(mask) if v >= num_classes)
+        if num_classes == 2 and unknown == [255] and set(np.unique(mask).tolist()) <= {0, 255}:
+            raise InputError(f"mask {path.name} holds 0/255 (a black-and-white binary mask); masks hold class "
+                             f"indices: save it as 0/1 (e.g. mask // 255)")
+        raise InputError(f"mask {path.name} has labels {unknown[:5]} the model does not know (it has "
+                         f"{num_classes} classes, 0..{num_classes - 1}); check that the dataset and the model match")
     return mask.astype(np.uint8)
 
 
 def evaluate_sample(sample: Sample, backend, clean_fn, classes, *, sigma, n0, n, tau, alpha, seed, correction) -> dict:
+    """One image certified and scored against its mask, at the image's own size: an image of another size
+    than the model's input is resized to it and the labels mapped back (resize.py); the radius is the
+    model's, `radius_at_input_resolution` what it means for the original image."""
     image = read_image(sample.image, backend.channels)
     if sample.mask is None:
         raise InputError(f"no mask for {sample.image.name} in masks/")
     mask = read_mask(sample.mask, len(classes), image.shape[1:])
-    clean = clean_fn(image)
-    cert = certify(backend, image, n0=n0, n=n, tau=tau, alpha=alpha, seed=seed, correction=correction)
+    fit = fit_to_model(image, getattr(backend, "input_size", None))
+    x = fit.image(image)
+    clean = fit.labels_back(clean_fn(x))
+    cert = certify(backend, x, n0=n0, n=n, tau=tau, alpha=alpha, seed=seed, correction=correction)
+    labels = fit.labels_back(cert.labels)
     fg = range(1, len(classes))
-    cd, ci = dice_per_class(cert.labels, mask, fg), iou_per_class(cert.labels, mask, fg)
+    cd, ci = dice_per_class(labels, mask, fg), iou_per_class(labels, mask, fg)
     clean_d = dice_per_class(clean, mask, fg)
     return {
-        "image": sample.name, "sigma": sigma, "radius": cert.radius, "abstain_rate": abstain_rate(cert.labels),
+        "image": sample.name, "modality": cert.record.get("modality") or "unknown", "sigma": sigma,
+        "radius": cert.radius, "radius_at_input_resolution": fit.radius_at_input(cert.radius),
+        "input_size": "x".join(map(str, fit.input_size)), "abstain_rate": abstain_rate(labels),
         "clean_dice": float(np.mean(list(clean_d.values()))),
         "certified_dice": float(np.mean(list(cd.values()))),
         "certified_iou": float(np.mean(list(ci.values()))),
@@ -95,7 +127,7 @@ def evaluate_sample(sample: Sample, backend, clean_fn, classes, *, sigma, n0, n,
         "seconds": cert.record["seconds"], "backend": cert.record["backend"],
         "parameters": {"n0": n0, "n": n, "tau": tau, "alpha": alpha, "seed": seed, "correction": correction},
         "model_files": cert.record.get("model_files", {}),
-        "_labels": cert.labels,  # for the overlay grid; not written to JSON
+        "_labels": labels,  # for the overlay grid; not written to JSON
     }
 
 
@@ -110,13 +142,14 @@ def write_tables(out: Path, records: list[dict], failures: list[dict], classes) 
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(records)
-    groups: dict[tuple[str, float], list[dict]] = {}
+    groups: dict[tuple[str, str, float], list[dict]] = {}
     for r in records:
-        groups.setdefault((r["config"], r["sigma"]), []).append(r)
+        groups.setdefault((r.get("modality", "unknown"), r["config"], r["sigma"]), []).append(r)
     overall = []
-    for (config, sigma), rows in sorted(groups.items()):
+    for (modality, config, sigma), rows in sorted(groups.items()):
         keys = [k for k in rows[0] if k.startswith(("clean_dice", "certified_dice", "certified_iou", "abstain_rate"))]
-        overall.append({"config": config, "sigma": sigma, "radius": rows[0]["radius"], "images": len(rows),
+        overall.append({"modality": modality, "config": config, "sigma": sigma, "radius": rows[0]["radius"],
+                        "images": len(rows),
                         **{k: float(np.mean([r[k] for r in rows])) for k in keys}})
     summary = {"overall": overall, "failed": failures, "classes": list(classes),
                "convention": "abstained pixels count as false negatives of their true class, never as false "

@@ -86,17 +86,25 @@ def _to_unit_range(a: np.ndarray, mode: str, path: Path) -> np.ndarray:
     raise InputError(f"{path} has pixel type {a.dtype} (mode {mode}); give 8- or 16-bit integers or floats in [0, 1]")
 
 
-def read_image(path: Path, channels: int = 1) -> np.ndarray:
+def read_image(path: Path, channels: int = 1, note=None) -> np.ndarray:
     """An image file -> float32 (channels, H, W) in [0, 1].
 
-    PNG, JPEG, TIFF (8/16-bit or float) and .npy ((H, W) or (C, H, W)).  An RGB file whose three
-    channels are equal is grayscale; a colour image given to a one-channel model is an error.
+    PNG, JPEG, TIFF (8/16-bit or float) and .npy ((H, W) or (C, H, W)); NIfTI (.nii, .nii.gz) and DICOM
+    (.dcm) slices through medical_io, min-max normalised.  An RGB file whose three channels are equal is
+    grayscale; a colour image given to a one-channel model is an error, and so is a grayscale image given
+    to a three-channel one.  RGBA / LA files lose their alpha channel (`note` is told, if given); other
+    4-channel arrays are refused.  16-bit colour is refused: the colour models are 8-bit RGB models, and
+    Pillow would silently keep only the high byte of a 48-bit PNG.  16-bit grayscale is taken (X-rays).
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image {path} does not exist (or is not a file)")
     mode = "npy"
-    if path.suffix.lower() == ".npy":
+    if path.name.lower().endswith((".nii", ".nii.gz", ".dcm")):  # medical_io.MEDICAL_SUFFIXES; a.nii.gz's suffix is .gz
+        from .medical_io import read_medical_image  # imported here: medical_io imports this module
+
+        a, mode = read_medical_image(path), "float"  # (H, W) or (H, W, 3), min-max normalised to [0, 1]
+    elif path.suffix.lower() == ".npy":
         try:
             a = np.load(path, allow_pickle=False, mmap_mode="r")  # the header first: no pixels read yet
         except (ValueError, OSError, EOFError) as e:
@@ -113,8 +121,15 @@ def read_image(path: Path, channels: int = 1) -> np.ndarray:
         try:
             with Image.open(path) as im:
                 check_image_size(im.height, im.width, what=f"image {path}")  # before decoding the pixels
+                # The decoder's raw mode says what the file holds: Pillow decodes 48/64-bit colour PNGs to
+                # 8-bit RGB(A) by dropping the low byte, so their mode alone does not tell.
+                raw_modes = [str(t[3][0] if isinstance(t[3], tuple) else t[3]) for t in im.tile or ()]
+                sixteen_bit_colour = im.mode in ("RGB", "RGBA") and any(";16" in r for r in raw_modes)
                 im.load()
                 mode = im.mode
+                if sixteen_bit_colour:
+                    raise InputError(f"{path} is a 16-bit-per-channel colour image; certseg-rt reads colour "
+                                     f"images as 8-bit RGB: convert it to 8 bits per channel first")
                 if mode in ("CMYK", "YCbCr", "LAB", "HSV"):  # colour spaces that are not RGB channels
                     im = im.convert("RGB")
                     mode = im.mode
@@ -130,7 +145,13 @@ def read_image(path: Path, channels: int = 1) -> np.ndarray:
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise InputError(f"cannot read image {path}: {e} (truncated or not an image); give a PNG, JPEG or TIFF")
     if a.ndim == 3 and a.shape[-1] in (2, 4):
-        a = a[..., :-1]  # drop the alpha channel
+        if mode not in ("RGBA", "LA", "PA", "RGBa", "La"):
+            raise InputError(f"image {path} has {a.shape[-1]} channels; certseg-rt takes 1 "
+                             f"(grayscale) or 3 (RGB), and a 4th only as the alpha of an RGBA PNG: keep the "
+                             f"channels the model was trained on")
+        a = a[..., :-1]
+        if note is not None:
+            note(f"{path.name}: alpha channel dropped (the model sees {'RGB' if a.shape[-1] == 3 else 'gray'})")
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
     if a.ndim == 2:
@@ -145,6 +166,9 @@ def read_image(path: Path, channels: int = 1) -> np.ndarray:
     elif a.shape[-1] == 1 and channels == 3:
         raise InputError(f"{path} is grayscale but the model takes 3 channels (RGB); give a colour image "
                          f"or use a 1-channel model")
+    if a.shape[-1] == 3 and (a.dtype == np.uint16 or mode.startswith("I;16")):
+        raise InputError(f"{path} is a 16-bit colour image; the colour models take 8-bit RGB: convert it to "
+                         f"8 bits per channel first")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise InputError(f"image {path} is empty")
     check_image_size(a.shape[0], a.shape[1], what=f"image {path}")
@@ -152,10 +176,12 @@ def read_image(path: Path, channels: int = 1) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 picture: the image in gray, certified classes tinted, abstained pixels magenta."""
-    gray = np.asarray(image, np.float32)
-    gray = gray.mean(axis=0) if gray.ndim == 3 else gray
-    rgb = np.repeat((np.clip(gray, 0, 1) * 255)[..., None], 3, axis=-1)
+    """RGB uint8 picture: the image (gray or colour), certified classes tinted, abstained pixels magenta."""
+    x = np.clip(np.asarray(image, np.float32), 0, 1) * 255
+    if x.ndim == 3 and x.shape[0] == 3:
+        rgb = np.moveaxis(x, 0, -1)
+    else:
+        rgb = np.repeat((x.mean(axis=0) if x.ndim == 3 else x)[..., None], 3, axis=-1)
     labels = np.asarray(labels)
     colours = np.zeros((256, 3), np.float32)
     colours[:len(CLASS_COLOURS)] = CLASS_COLOURS

@@ -28,7 +28,7 @@ def dice_vs_radius(summary: dict, path: Path) -> Path:
         rows = sorted((r for r in summary["overall"] if r["config"] == config), key=lambda r: r["radius"])
         radius = [r["radius"] for r in rows]
         for k, name in enumerate(classes):
-            ax.plot(radius, [r[f"certified_dice_{name}"] for r in rows], styles[ci % len(styles)],
+            ax.plot(radius, [r.get(f"certified_dice_{name}", np.nan) for r in rows], styles[ci % len(styles)],
                     color=f"C{k}", label=f"{name} ({config})")
     ax.set_xlabel("certified L2 radius (sigma * Phi^-1(tau))")
     ax.set_ylabel("certified Dice")
@@ -59,5 +59,32 @@ def overlay_grid(tiles: list[tuple[str, np.ndarray]], path: Path, columns: int =
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def modality_bars(rows: list[dict], path: Path) -> Path:
+    """Certified Dice per modality and sigma, denoiser + segmenter against plain smoothing (summary rows)."""
+    from .io import atomic_path
+
+    plt = _pyplot()
+    keys = sorted({(r["modality"], r["sigma"]) for r in rows})
+    configs = sorted({r["config"] for r in rows})
+    by = {(r["modality"], r["sigma"], r["config"]): r for r in rows}
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(keys)), 3.8))
+    width = 0.8 / max(1, len(configs))
+    for ci, config in enumerate(configs):
+        xs = [i + (ci - (len(configs) - 1) / 2) * width for i in range(len(keys))]
+        ys = [by[(m, s, config)]["certified_dice"] if (m, s, config) in by else np.nan for m, s in keys]
+        ax.bar(xs, ys, width, label=config, color=f"C{ci}")
+    ax.set_xticks(range(len(keys)), [f"{m}\nsigma {s:g}" for m, s in keys], fontsize=8)
+    ax.set_ylabel("certified Dice")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Certified Dice per modality (abstentions count as misses)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return path

@@ -35,7 +35,7 @@ def dataset(tmp_path_factory):
     d = tmp_path_factory.mktemp("ray") / "data"
     assert CliRunner().invoke(main, ["make-phantoms", str(d), "--count", "3"]).exit_code == 0
     # Two images that fail as on one machine: one without its mask, one that is not a PNG.
-    shutil.copy(d / "images" / "phantom_10000000.png", d / "images" / "orphan.png")
+    shutil.copy(d / "images" / "chest_10000000.png", d / "images" / "orphan.png")
     (d / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     return d
 
@@ -54,7 +54,7 @@ def test_ray_records_equal_single_machine_and_resume_across_modes(cluster, datas
     b = _evaluate(dataset, there, "--ray")
     assert a.exit_code == b.exit_code == 1, a.output + b.output  # the two bad images
     ra, rb = _records(here), _records(there)
-    assert sorted(ra) == sorted(rb) == ["phantom_10000000", "phantom_10000001", "phantom_10000002"]
+    assert sorted(ra) == sorted(rb) == ["chest_10000000", "chest_10000001", "chest_10000002"]
     for name in ra:
         for key in COMPARED:
             assert ra[name][key] == rb[name][key], (name, key)
@@ -105,7 +105,7 @@ def test_engine_on_ray_equals_engine_here(cluster, dataset, engine_dir, tmp_path
     assert here.exit_code == there.exit_code == 1, here.output + there.output
     ra, rb = _records(tmp_path / "a"), _records(tmp_path / "b")
     assert len(ra) == 3 and all(ra[k][key] == rb[k][key] for k in ra for key in COMPARED)
-    assert rb["phantom_10000000"]["backend"] == "onnxruntime:cpu"
+    assert rb["chest_10000000"]["backend"] == "onnxruntime:cpu"
 
 
 def test_a_directory_missing_on_the_worker_is_shipped(cluster, engine_dir, tmp_path):

@@ -117,6 +117,14 @@ def build_engine(source: SourceModel, sigma: float, out: Path, *, backend: str =
     if backend not in BACKENDS:
         raise CertsegError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     allowed = ORT_PRECISIONS if backend == "onnxruntime" else TRT_PRECISIONS
+    if backend == "onnxruntime" and precision in ("bf16", "fp16"):
+        # Measured with onnxruntime 1.32 on this project's graph: a bf16 cast fails to load ("Could not find an
+        # implementation for Mul(14)"): the CPU execution provider has no bfloat16 arithmetic at all; an fp16
+        # cast loads but runs slower than fp32 (its kernels convert back to fp32).
+        raise CertsegError(f"--precision {precision} is not available for onnxruntime: its CPU execution provider has "
+                           f"no {precision} arithmetic kernels (a {precision} graph "
+                           f"{'does not load' if precision == 'bf16' else 'runs slower than fp32'}); use --precision "
+                           f"int8 (AVX-512 VNNI) on a CPU, or --backend tensorrt --precision {precision} on a GPU")
     if precision not in allowed:
         raise CertsegError(f"--precision {precision} is not available for {backend}; choose one of {', '.join(allowed)}")
     if backend == "tensorrt":
@@ -169,6 +177,7 @@ def build_engine(source: SourceModel, sigma: float, out: Path, *, backend: str =
                 "timestep": graphs.metadata["timestep"], "alpha_bar": graphs.metadata["alpha_bar"],
                 "graph": graphs.denoiser.name},
             "classes": source.classes,
+            "modality": source.modality,
             "input": graphs.metadata["input"],
             "batch_sizes": {"min": lo, "opt": opt, "max": hi},
             "graphs": {"fused": graphs.fused.name, "segmenter": graphs.segmenter.name},

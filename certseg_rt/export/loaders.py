@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..diffusion import OneStepDenoise, timestep_for_sigma
@@ -32,6 +33,19 @@ class SourceModel:
     files: dict[str, Path] = field(default_factory=dict)  # every file that defines the model, for hashing
     segmenter_onnx: Path | None = None  # a user's ONNX segmenter (then `segmenter` is None: torch cannot run it)
     intake: dict = field(default_factory=dict)  # how the model was brought in (for the manifest)
+    modality: str | None = None  # the phantom modality it was trained on (data.modalities), if any
+
+    def phantom(self, seed: int):
+        """A phantom of the model's modality at its input size (image (C, H, W), mask): parity, calibration
+        and demo images."""
+        from ..data import Phantom
+        from ..data.modalities import modality_for
+
+        ph = modality_for(self.channels, self.modality).make_phantom(seed, max(self.height, self.width))
+        image = ph.image[:, :self.height, :self.width]
+        if image.shape[0] != self.channels:  # a user's model with an unusual channel count
+            image = np.repeat(image[:1], self.channels, axis=0)
+        return Phantom(np.ascontiguousarray(image), np.ascontiguousarray(ph.mask[:self.height, :self.width]), seed)
 
     @property
     def num_classes(self) -> int:
@@ -89,7 +103,8 @@ def load_denoiser(path: Path):
             raise CertsegError(f"denoiser directory {path} has no {sub}/; save the UNet2DModel and DDPMScheduler "
                                f"with save_pretrained into {path}/unet and {path}/scheduler")
     try:
-        unet = UNet2DModel.from_pretrained(path / "unet", local_files_only=True, low_cpu_mem_usage=False).eval()
+        # .float(): bundled colour denoisers store fp16 weights; the network runs (and is certified) in fp32.
+        unet = UNet2DModel.from_pretrained(path / "unet", local_files_only=True, low_cpu_mem_usage=False).float().eval()
         scheduler = DDPMScheduler.from_pretrained(path / "scheduler", local_files_only=True)
     except (OSError, ValueError, EnvironmentError) as e:
         raise CertsegError(f"cannot load the denoiser from {path}: {str(e).splitlines()[0]}")
@@ -117,6 +132,7 @@ def load_model_dir(path: Path, denoiser: bool = True) -> SourceModel:
     model = SourceModel(segmenter=segmenter.eval(), classes=list(config["classes"]), channels=int(inp["channels"]),
                         height=int(inp["height"]), width=int(inp["width"]),
                         size_multiple=int(inp.get("size_multiple", 1)),
+                        modality=config.get("modality"),
                         files={"segmenter.json": config_path, "segmenter.safetensors": weights},
                         intake={"model_dir": path.name, "segmenter": f"factory {config['factory']}", "kwargs": kwargs})
     if denoiser and (path / "denoiser").is_dir():

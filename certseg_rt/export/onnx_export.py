@@ -86,14 +86,11 @@ def graph_metadata(source: SourceModel, sigma: float) -> dict:
 
 def parity_inputs(source: SourceModel, sigma: float, count: int, seed: int = 20240) -> np.ndarray:
     """Noisy held-out phantoms, noised with the project's keyed noise: what the graph sees when certifying."""
-    from ..data.phantom import HELD_OUT_SEEDS, make_phantom
+    from ..data import HELD_OUT_SEEDS
 
     out = np.empty((count, source.channels, source.height, source.width), np.float32)
     for i in range(count):
-        image = make_phantom(HELD_OUT_SEEDS[500 + i // 4], size=source.height).image
-        if image.shape[0] != source.channels:
-            image = np.repeat(image[:1], source.channels, axis=0)
-        kernels.fill_noisy(image, sigma, seed, i, out=out[i:i + 1])
+        kernels.fill_noisy(source.phantom(HELD_OUT_SEEDS[500 + i // 4]).image, sigma, seed, i, out=out[i:i + 1])
     return out
 
 

@@ -59,6 +59,9 @@ class GraphBackend:
         self.channels = int(channels)
         self.size_multiple = int(size_multiple)
         self.batch_size = int(batch_size)
+        # (H, W) the model is built or trained for; images of another size are resized to it (resize.py).
+        # None: a model that takes any size, as the hand-made test backends do.
+        self.input_size: tuple[int, int] | None = None
         self.progress: Callable[[int], None] | None = None  # called with the number of samples done
         self.record: dict = {"backend": self.name}  # what a certificate records about the model and backend
         self._noisy = np.empty((0,), np.float32)  # reused across calls; reallocated only when the shape grows

@@ -61,6 +61,7 @@ class CertifiedSegmenter:
             **getattr(backend, "record", {}),
             "backend": f"{manifest['backend']}:{getattr(backend, 'provider', 'cpu')}",
             "precision": manifest["precision"],
+            "modality": manifest.get("modality"),
             "denoiser": manifest.get("denoiser"),
             "engine_dir": str(self.engine_dir),
             "manifest_sha256": sha256_file(self.engine_dir / MANIFEST_NAME),

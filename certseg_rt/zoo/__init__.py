@@ -11,6 +11,19 @@ ZOO_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL = "chest"
 
 
+def bundled_models() -> dict[str, dict]:
+    """Name -> modality, channels, classes and whether it has a denoiser, read from each segmenter.json."""
+    import json
+
+    out = {}
+    for path in sorted(ZOO_DIR.iterdir()):
+        if (path / "segmenter.json").is_file():
+            config = json.loads((path / "segmenter.json").read_text())
+            out[path.name] = {"modality": config.get("modality"), "channels": config["input"]["channels"],
+                              "classes": config["classes"], "denoiser": (path / "denoiser").is_dir()}
+    return out
+
+
 def bundled_model_dir(name: str = DEFAULT_MODEL) -> Path:
     path = ZOO_DIR / name
     if not (path / "segmenter.json").is_file():

@@ -1,6 +1,7 @@
 """Train the bundled default models on generated phantoms (CPU, minutes).
 
     python -m certseg_rt.zoo.train --out certseg_rt/zoo/chest
+    python -m certseg_rt.zoo.train --modality skin --out certseg_rt/zoo/skin --weights-dtype fp16
 
 1. Denoiser: a small diffusers ``UNet2DModel`` with a 1000-step linear ``DDPMScheduler``, trained
    with the usual epsilon loss but only on the timesteps whose noise level matches smoothing noise
@@ -9,6 +10,10 @@
 2. Segmenter: a small UNet on full 128x128 phantoms, cross-entropy, with noise augmentation: a
    third of each batch clean, a third with Gaussian noise of random sigma, a third noisy and then
    denoised by the denoiser of step 1 at a random sigma in [0.2, 0.55] -- the inputs it sees when certified.
+
+``--modality`` picks the phantoms (chest, skin, polyp); the colour modalities get narrower networks
+(binary lesion masks are an easier task) stored as fp16 safetensors to keep the bundled weights small
+(the model that is certified is the fp32 network with those fp16-rounded weights; the hashes say which).
 
 ``--plain-sigma S`` instead trains a segmenter alone with Gaussian noise of std S (plain randomized
 smoothing, no denoiser), the baseline of the sigma table.
@@ -25,17 +30,30 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.phantom import CLASS_NAMES, TRAIN_SEEDS, make_batch
+from ..data import TRAIN_SEEDS
+from ..data.modalities import MODALITIES, get_modality, make_batch
 from ..diffusion import timestep_for_sigma
 from ..export.denoise_segment import OneStepDenoiser
 from .unet import SegUNet
 
-SEGMENTER_KWARGS = {"in_channels": 1, "num_classes": len(CLASS_NAMES), "widths": [12, 24, 48, 64]}
-DENOISER_KWARGS = {
-    "sample_size": 128, "in_channels": 1, "out_channels": 1, "layers_per_block": 1,
-    "block_out_channels": [8, 16, 32, 64], "norm_num_groups": 4, "add_attention": False,
-    "down_block_types": ["DownBlock2D"] * 4, "up_block_types": ["UpBlock2D"] * 4,
-}
+# Network sizes per modality: chest (4 classes, the default model) wider than the binary colour tasks.
+WIDTHS = {"chest": {"segmenter": [12, 24, 48, 64], "denoiser": [8, 16, 32, 64]},
+          "skin": {"segmenter": [8, 16, 32, 48], "denoiser": [8, 16, 32, 48]},
+          "polyp": {"segmenter": [8, 16, 32, 48], "denoiser": [8, 16, 32, 48]}}
+
+
+def segmenter_kwargs(modality: str) -> dict:
+    m = get_modality(modality)
+    return {"in_channels": m.channels, "num_classes": len(m.classes), "widths": WIDTHS[modality]["segmenter"]}
+
+
+def denoiser_kwargs(modality: str) -> dict:
+    channels = get_modality(modality).channels
+    return {"sample_size": 128, "in_channels": channels, "out_channels": channels, "layers_per_block": 1,
+            "block_out_channels": WIDTHS[modality]["denoiser"], "norm_num_groups": 4, "add_attention": False,
+            "down_block_types": ["DownBlock2D"] * 4, "up_block_types": ["UpBlock2D"] * 4}
+
+
 SCHEDULER_KWARGS = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4,
                     "beta_end": 0.02, "clip_sample": True, "prediction_type": "epsilon"}
 SIGMA_RANGE = (0.1, 1.1)
@@ -50,14 +68,14 @@ def _log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def train_denoiser(images, steps, batch, crop, rng, out_dir):
+def train_denoiser(images, steps, batch, crop, rng, out_dir, modality, dtype):
     from diffusers import DDPMScheduler, UNet2DModel
 
     sched = DDPMScheduler(**SCHEDULER_KWARGS)
     abar = sched.alphas_cumprod.double()
     ratio = ((1 - abar) / abar).sqrt()
     t_pool = torch.nonzero((ratio >= 2 * SIGMA_RANGE[0]) & (ratio <= 2 * SIGMA_RANGE[1])).flatten()
-    unet = UNet2DModel(**DENOISER_KWARGS)
+    unet = UNet2DModel(**denoiser_kwargs(modality))
     opt = torch.optim.AdamW(unet.parameters(), lr=2e-3, weight_decay=0.0)
     n, _, size, _ = images.shape
     t0 = time.time()
@@ -76,19 +94,25 @@ def train_denoiser(images, steps, batch, crop, rng, out_dir):
         if step % 100 == 0 or step == steps - 1:
             _log(f"denoiser step {step}/{steps} loss {loss.item():.4f}")
     unet.eval()
-    unet.save_pretrained(out_dir / "denoiser" / "unet")
+    unet.to(dtype).save_pretrained(out_dir / "denoiser" / "unet")
+    unet.float()
     sched.save_pretrained(out_dir / "denoiser" / "scheduler")
     return unet, sched, time.time() - t0
 
 
-def train_segmenter(images, masks, steps, batch, rng, denoise_fn=None, plain_sigma=None):
-    model = SegUNet(**{**SEGMENTER_KWARGS, "widths": tuple(SEGMENTER_KWARGS["widths"])})
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    n = images.shape[0]
+def train_segmenter(sets, steps, rng, modality, denoise_fn=None, plain_sigma=None, init=None, lr=3e-3):
+    """sets: [(images, masks, batch)], taken in turn (one per resolution); init: weights to start from."""
+    model = SegUNet(**segmenter_kwargs(modality))
+    if init is not None:
+        from ..export.loaders import load_safetensors_into
+
+        load_safetensors_into(model, init)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     t0 = time.time()
     for step in range(steps):
-        _cosine_lr(opt, step, steps, 3e-3)
-        idx = torch.from_numpy(rng.integers(0, n, batch))
+        _cosine_lr(opt, step, steps, lr)
+        images, masks, batch = sets[step % len(sets)]
+        idx = torch.from_numpy(rng.integers(0, images.shape[0], batch))
         x, y = images[idx].clone(), masks[idx].long()
         if plain_sigma is not None:
             # Plain smoothing: most of the batch at the smoothing sigma, some clean for stability.
@@ -111,16 +135,19 @@ def train_segmenter(images, masks, steps, batch, rng, denoise_fn=None, plain_sig
     return model, time.time() - t0
 
 
-def save_segmenter(model, out_dir, size):
+def save_segmenter(model, out_dir, size, modality, dtype):
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "segmenter.safetensors"))
+    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()},
+              str(out_dir / "segmenter.safetensors"))
+    kwargs = segmenter_kwargs(modality)
     config = {
         "factory": "certseg_rt.zoo.unet:SegUNet",
-        "kwargs": SEGMENTER_KWARGS,
-        "classes": list(CLASS_NAMES),
-        "input": {"channels": 1, "height": size, "width": size, "range": [0.0, 1.0],
-                  "size_multiple": 2 ** (len(SEGMENTER_KWARGS["widths"]) - 1)},
+        "kwargs": kwargs,
+        "classes": list(get_modality(modality).classes),
+        "modality": modality,
+        "input": {"channels": kwargs["in_channels"], "height": size, "width": size, "range": [0.0, 1.0],
+                  "size_multiple": 2 ** (len(kwargs["widths"]) - 1)},
     }
     (out_dir / "segmenter.json").write_text(json.dumps(config, indent=2) + "\n")
 
@@ -135,22 +162,44 @@ def main(argv=None):
     ap.add_argument("--plain-sigma", type=float, default=None,
                     help="train only a segmenter with Gaussian noise of this std (no denoiser)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--modality", choices=sorted(MODALITIES), default="chest")
+    ap.add_argument("--finetune", action="store_true",
+                    help="continue training the segmenter in --out (with its denoiser) instead of starting afresh")
+    ap.add_argument("--extra-size", type=int, default=None,
+                    help="also train on phantoms of this side (every other step), e.g. 256 for a model that "
+                         "certifies both 128x128 and 256x256 images")
+    ap.add_argument("--weights-dtype", choices=["fp32", "fp16"], default="fp32",
+                    help="dtype the weights are stored in (they are loaded into fp32 networks)")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     _log(f"generating {args.phantoms} phantoms")
-    images, masks = make_batch(TRAIN_SEEDS[:args.phantoms], args.size)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}[args.weights_dtype]
+    images, masks = make_batch(args.modality, TRAIN_SEEDS[:args.phantoms], args.size)
     images, masks = torch.from_numpy(images), torch.from_numpy(masks)
+    sets = [(images, masks, 15 if args.plain_sigma is None else 16)]
+    if args.extra_size:
+        # A quarter of the phantoms at the extra size; fewer per batch as each costs (extra/size)^2 more.
+        big, big_masks = make_batch(args.modality, TRAIN_SEEDS[:args.phantoms // 4], args.extra_size)
+        per = max(3, 3 * round(15 * (args.size / args.extra_size) ** 2 / 3 * 1.5))
+        sets.append((torch.from_numpy(big), torch.from_numpy(big_masks), per))
     log = {"command": "python -m certseg_rt.zoo.train " + " ".join(argv or __import__("sys").argv[1:]),
-           "phantoms": args.phantoms, "torch": torch.__version__, "threads": torch.get_num_threads()}
+           "modality": args.modality, "phantoms": args.phantoms, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
     if args.plain_sigma is not None:
-        seg, seg_s = train_segmenter(images, masks, args.segmenter_steps, 16, rng, plain_sigma=args.plain_sigma)
+        seg, seg_s = train_segmenter(sets, args.segmenter_steps, rng, args.modality, plain_sigma=args.plain_sigma)
         log.update(segmenter_steps=args.segmenter_steps, segmenter_seconds=round(seg_s, 1), plain_sigma=args.plain_sigma)
     else:
-        unet, sched, den_s = train_denoiser(images, args.denoiser_steps, 32, 64, rng, args.out)
+        if args.finetune:
+            from ..export.loaders import load_denoiser
+
+            unet, sched, _ = load_denoiser(args.out / "denoiser")
+            den_s = 0.0
+        else:
+            unet, sched, den_s = train_denoiser(images, args.denoiser_steps, 32, 64, rng, args.out, args.modality,
+                                                dtype)
         denoisers = {}
 
         def denoise_fn(x, sigma):
@@ -159,10 +208,17 @@ def main(argv=None):
                 denoisers[step.timestep] = OneStepDenoiser(unet, step)
             return denoisers[step.timestep](x + sigma * torch.randn_like(x))
 
-        seg, seg_s = train_segmenter(images, masks, args.segmenter_steps, 15, rng, denoise_fn=denoise_fn)
-        log.update(denoiser_steps=args.denoiser_steps, denoiser_seconds=round(den_s, 1),
-                   segmenter_steps=args.segmenter_steps, segmenter_seconds=round(seg_s, 1))
-    save_segmenter(seg, args.out, args.size)
+        init = args.out / "segmenter.safetensors" if args.finetune else None
+        seg, seg_s = train_segmenter(sets, args.segmenter_steps, rng, args.modality, denoise_fn=denoise_fn,
+                                     init=init, lr=1e-3 if args.finetune else 3e-3)
+        if args.finetune:  # the log keeps how the model was first trained, and adds this step
+            log = {**json.loads((args.out / "training.json").read_text()),
+                   "finetune": {**log, "segmenter_steps": args.segmenter_steps, "extra_size": args.extra_size,
+                                "segmenter_seconds": round(seg_s, 1)}}
+        else:
+            log.update(denoiser_steps=args.denoiser_steps, denoiser_seconds=round(den_s, 1),
+                       segmenter_steps=args.segmenter_steps, segmenter_seconds=round(seg_s, 1))
+    save_segmenter(seg, args.out, args.size, args.modality, dtype)
     (args.out / "training.json").write_text(json.dumps(log, indent=2) + "\n")
     _log(f"saved to {args.out}: {log}")
 

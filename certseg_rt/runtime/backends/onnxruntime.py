@@ -45,6 +45,7 @@ class OnnxRuntimeBackend(GraphBackend):
         super().__init__(sigma=sigma, num_classes=num_classes, channels=channels, size_multiple=1,
                          batch_size=batch_size)
         self.session = session
+        self.input_size = (int(height), int(width))
         self.provider = provider
         self.height, self.width = height, width
         self.input_name = session.get_inputs()[0].name

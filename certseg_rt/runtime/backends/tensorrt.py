@@ -374,6 +374,7 @@ class TensorRTBackend(_ClosesDeviceResources, GraphBackend):
                          batch_size=batch_size)
         self.engine, self.trt, self._keep_alive = engine, trt, keep_alive
         self.height, self.width = int(height), int(width)
+        self.input_size = (self.height, self.width)
         self.input_name, self.output_name = input_name, output_name
         self._check_io()
         self._loop = _DeviceLoop(channels=channels, height=height, width=width, num_classes=num_classes,

@@ -35,9 +35,11 @@ def reference_backend(model_dir, sigma: float, *, batch_size: int = 16, denoiser
                                 batch_size=batch_size, threads=threads)
     step = source.one_step(sigma)
     backend.source = source
+    backend.input_size = (source.height, source.width)  # the resolution it was trained at
     backend.record = {
         "backend": backend.name,
         "precision": "fp32",
+        "modality": source.modality,
         "denoiser": None if step is None else {"timestep": step.timestep, "alpha_bar": step.alpha_bar},
         "model_files": hash_files(source.files),
         "torch": torch.__version__,
