@@ -18,7 +18,7 @@ from certseg_rt.data.modalities import MODALITIES, get_modality
 from certseg_rt.metrics import mean_foreground_dice
 
 COLOUR = ("skin", "polyp")
-FAST = ["--n0", "5", "--n", "40", "--alpha", "0.01"]
+FAST = ["--n0", "5", "--n", "60", "--alpha", "0.05"]  # n = 60: enough for pixels to certify under Holm
 
 
 def _rgb_png(path, image):
@@ -122,12 +122,12 @@ def test_certify_resizes_to_the_model_and_maps_the_mask_back(colour_png, tmp_pat
     cert = json.loads(r.stdout)
     assert cert["resized"] and cert["input_size"] == [200, 160] and cert["model_input_size"] == [128, 128]
     mask = np.asarray(Image.open(tmp_path / "m.png"))
-    assert mask.shape == (200, 160)
+    assert mask.shape == (200, 160) and (mask == 1).any() and (mask == 0).any()
     # The same certification by hand: resize, certify at 128x128, nearest neighbour back.
     x = read_image(big, 3)
     fit = fit_to_model(x, (128, 128))
     backend = reference_backend(bundled_model_dir("skin"), 0.25)
-    by_hand = certify(backend, fit.image(x), n0=5, n=40, alpha=0.01)
+    by_hand = certify(backend, fit.image(x), n0=5, n=60, alpha=0.05)
     assert np.array_equal(fit.labels_back(by_hand.labels), mask)
     assert cert["radius_at_input_resolution"] == pytest.approx(by_hand.radius / fit.operator_norm)
     assert 0 < fit.operator_norm < 1  # shrinking averages pixels: the radius in the original image is larger
@@ -145,6 +145,7 @@ def test_rgba_input_drops_alpha_with_a_note(colour_png, tmp_path):
         outs.append(r.stderr)
     assert "alpha channel dropped" in outs[1] and "alpha" not in outs[0]
     assert (tmp_path / "rgb-mask.png").read_bytes() == (tmp_path / "rgba-mask.png").read_bytes()
+    assert (np.asarray(Image.open(tmp_path / "rgb-mask.png")) == 1).any()  # the polyp is certified, not abstained
 
 
 @pytest.mark.parametrize("name", COLOUR)
@@ -206,7 +207,7 @@ RUNTIME_WITHOUT_TORCH = textwrap.dedent("""
     sys.meta_path.insert(0, Block())
     from certseg_rt.cli import main
     try:
-        main(["certify", sys.argv[2], "--engine", sys.argv[1], "--n", "40", "--n0", "5", "--json"])
+        main(["certify", sys.argv[2], "--engine", sys.argv[1], "--n", "60", "--n0", "5", "--alpha", "0.05", "--json"])
     except SystemExit as e:
         assert e.code in (0, None), e.code
     assert not any(m.split(".")[0] in ("torch", "diffusers") for m in sys.modules), "torch was imported"
