@@ -290,3 +290,15 @@ def test_noise_differs_between_the_channels_of_one_sample():
         for a, b in ((0, 1), (0, 2), (1, 2)):
             assert abs(np.corrcoef(eps[0, a], eps[0, b])[0, 1]) < 5 / np.sqrt(eps.shape[-1])
         assert abs(eps.std() - 1.0) < 0.02
+
+
+def test_info_lists_the_bundled_models_with_their_modality():
+    r = CliRunner().invoke(main, ["info", "--json"])
+    assert r.exit_code == 0, r.output
+    models = json.loads(r.stdout)["models"]
+    for name in COLOUR:
+        assert models[name] == {"modality": name, "channels": 3, "classes": list(MODALITIES[name].classes),
+                                "denoiser": True}
+        for sigma in ("0.25", "0.5"):
+            assert models[f"{name}-plain-{sigma}"]["denoiser"] is False
+    assert models["chest"]["channels"] == 1 and models["chest"]["modality"] == "chest"
