@@ -396,13 +396,15 @@ def info(as_json):
 @click.option("--sizes", default="128,256", show_default=True, help="image sizes")
 @click.option("--batch-sizes", default="8,16,32", show_default=True, help="batch sizes to try (best one reported)")
 @click.option("--precisions", default="fp32,int8", show_default=True, help="ONNX Runtime precisions")
+@click.option("--torch-precisions", default="fp32,bf16", show_default=True,
+              help="torch eager precisions (bf16: CPU autocast via oneDNN); --quick takes fp32 only")
 @click.option("--repeats", type=int, default=3, show_default=True, help="timed repeats per row (median reported)")
 @click.option("--quick", is_flag=True, help="n=100 only, batch 16 only, 2 repeats (under 5 minutes here)")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="write bench.json and bench.md here")
 @click.option("--model", default="chest", show_default=True, help="bundled model name or model directory")
 @click.option("--json", "as_json", is_flag=True, help="print {machine, rows, summary} as JSON")
 @_user_errors
-def bench(engine, sizes, batch_sizes, precisions, repeats, quick, out, model, as_json):
+def bench(engine, sizes, batch_sizes, precisions, torch_precisions, repeats, quick, out, model, as_json):
     """Time certify on the bundled model: the published loop, torch eager, ONNX Runtime fp32/int8.
 
     Without --quick also n=1000.  Each row runs in its own process (peak RSS is the row's).
@@ -421,10 +423,14 @@ def bench(engine, sizes, batch_sizes, precisions, repeats, quick, out, model, as
     except ValueError:
         raise CertsegError("--sizes and --batch-sizes must be comma-separated integers")
     precision_list = tuple(precisions.split(","))
+    torch_list = ("fp32",) if quick else tuple(torch_precisions.split(","))
+    if not set(torch_list) <= {"fp32", "bf16"} or "fp32" not in torch_list:
+        raise CertsegError(f"--torch-precisions {torch_precisions}: fp32 (always) and optionally bf16")
     ns = (100,) if quick else (100, 1000)
     if quick:
         batch_list, repeats = (16,), min(repeats, 2)
     result = run(sizes=size_list, ns=ns, batch_sizes=batch_list, precisions=precision_list, repeats=repeats,
+                 torch_precisions=torch_list,
                  engine_dir=engine, model=_model_dir(model), log=lambda m: click.echo(m, err=True))
     table = to_markdown(result)
     if out is not None:

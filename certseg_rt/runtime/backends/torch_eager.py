@@ -11,20 +11,25 @@ class TorchEagerBackend(GraphBackend):
     name = "torch-eager"
 
     def __init__(self, model: torch.nn.Module, *, sigma: float, num_classes: int, channels: int,
-                 size_multiple: int, batch_size: int = 16, threads: int | None = None):
+                 size_multiple: int, batch_size: int = 16, threads: int | None = None, precision: str = "fp32"):
         super().__init__(sigma=sigma, num_classes=num_classes, channels=channels, size_multiple=size_multiple,
                          batch_size=batch_size)
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"torch precision {precision!r}: choose fp32 or bf16")
         self.model = model.eval()
+        # bf16: torch's CPU autocast (oneDNN; AVX-512 BF16 / AMX where the CPU has them).  A model run this
+        # way is a different base model and is certified as itself (the record says bf16).
+        self.precision = precision
         if threads:
             torch.set_num_threads(threads)
 
     def infer(self, x_noisy: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             return self.model(torch.from_numpy(x_noisy)).numpy()
 
 
 def reference_backend(model_dir, sigma: float, *, batch_size: int = 16, denoiser: bool = True,
-                      threads: int | None = None) -> TorchEagerBackend:
+                      threads: int | None = None, precision: str = "fp32") -> TorchEagerBackend:
     """The torch reference backend for a model directory, with what it certifies recorded on it."""
     from ...export.loaders import load_model_dir
     from ...manifest import hash_files
@@ -32,13 +37,13 @@ def reference_backend(model_dir, sigma: float, *, batch_size: int = 16, denoiser
     source = load_model_dir(model_dir, denoiser=denoiser)
     backend = TorchEagerBackend(source.denoise_segment(sigma), sigma=sigma, num_classes=source.num_classes,
                                 channels=source.channels, size_multiple=source.size_multiple,
-                                batch_size=batch_size, threads=threads)
+                                batch_size=batch_size, threads=threads, precision=precision)
     step = source.one_step(sigma)
     backend.source = source
     backend.input_size = (source.height, source.width)  # the resolution it was trained at
     backend.record = {
         "backend": backend.name,
-        "precision": "fp32",
+        "precision": precision,
         "modality": source.modality,
         "denoiser": None if step is None else {"timestep": step.timestep, "alpha_bar": step.alpha_bar},
         "model_files": hash_files(source.files),
