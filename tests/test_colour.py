@@ -302,3 +302,20 @@ def test_info_lists_the_bundled_models_with_their_modality():
         for sigma in ("0.25", "0.5"):
             assert models[f"{name}-plain-{sigma}"]["denoiser"] is False
     assert models["chest"]["channels"] == 1 and models["chest"]["modality"] == "chest"
+
+
+def test_torch_bf16_backend_is_certified_as_itself(colour_png):
+    """bf16 (CPU autocast) is another base model: its certificate says bf16, and its labels stay close to fp32's."""
+    from certseg_rt.certify import certify
+    from certseg_rt.runtime.backends.torch_eager import reference_backend
+    from certseg_rt.zoo import bundled_model_dir
+
+    _, ph = colour_png["skin"]
+    fp32 = certify(reference_backend(bundled_model_dir("skin"), 0.25), ph.image, n0=5, n=60, alpha=0.05)
+    bf16 = certify(reference_backend(bundled_model_dir("skin"), 0.25, precision="bf16"), ph.image, n0=5, n=60,
+                   alpha=0.05)
+    assert bf16.record["precision"] == "bf16" and fp32.record["precision"] == "fp32"
+    assert np.mean(bf16.labels == fp32.labels) > 0.97
+    assert mean_foreground_dice(bf16.labels, ph.mask, 2) > 0.7
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        reference_backend(bundled_model_dir("skin"), 0.25, precision="fp16")
