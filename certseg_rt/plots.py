@@ -15,10 +15,21 @@ def _pyplot():
     return plt
 
 
-def dice_vs_radius(summary: dict, path: Path) -> Path:
-    """Certified Dice per foreground class against the certified radius, one line style per config."""
+def _save(fig, path: Path, dpi: int) -> Path:
+    """Lay out, write atomically (no half-written PNG on failure) and free the figure."""
+    import matplotlib.pyplot as plt
+
     from .io import atomic_path
 
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def dice_vs_radius(summary: dict, path: Path) -> Path:
+    """Certified Dice per foreground class against the certified radius, one line style per config."""
     plt = _pyplot()
     classes = summary["classes"][1:]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -36,17 +47,11 @@ def dice_vs_radius(summary: dict, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("Certified Dice against radius (abstentions count as misses)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=120)
 
 
 def overlay_grid(tiles: list[tuple[str, np.ndarray]], path: Path, columns: int = 4) -> Path:
     """A grid of RGB overlays (io.overlay) with their titles."""
-    from .io import atomic_path
-
     plt = _pyplot()
     rows = max(1, -(-len(tiles) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
@@ -56,17 +61,11 @@ def overlay_grid(tiles: list[tuple[str, np.ndarray]], path: Path, columns: int =
         ax.imshow(rgb)
         ax.set_title(title, fontsize=8)
     fig.suptitle("certified classes coloured; magenta = abstained", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 def modality_bars(rows: list[dict], path: Path) -> Path:
     """Certified Dice per modality and sigma, denoiser + segmenter against plain smoothing (summary rows)."""
-    from .io import atomic_path
-
     plt = _pyplot()
     keys = sorted({(r["modality"], r["sigma"]) for r in rows})
     configs = sorted({r["config"] for r in rows})
@@ -83,8 +82,4 @@ def modality_bars(rows: list[dict], path: Path) -> Path:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Certified Dice per modality (abstentions count as misses)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=120)

@@ -2,10 +2,6 @@
 models through every CLI verb that takes a model, the torch-free runtime, and colour input handling
 (RGBA, resizing to the model's input and the mask mapped back)."""
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -16,6 +12,7 @@ from certseg_rt.cli import main
 from certseg_rt.data import HELD_OUT_SEEDS, TRAIN_SEEDS
 from certseg_rt.data.modalities import MODALITIES, get_modality
 from certseg_rt.metrics import mean_foreground_dice
+from engine_helpers import run_without_torch
 
 COLOUR = ("skin", "polyp")
 FAST = ["--n0", "5", "--n", "60", "--alpha", "0.05"]  # n = 60: enough for pixels to certify under Holm
@@ -197,28 +194,19 @@ def test_export_colour_model_writes_three_channel_graphs(tmp_path):
     assert dims[1:] == [3, 128, 128]
 
 
-RUNTIME_WITHOUT_TORCH = textwrap.dedent("""
-    import sys
-    class Block:
-        # Makes torch and diffusers unimportable, as in an environment where they are not installed.
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "diffusers", "safetensors", "onnx"):
-                raise ImportError(f"blocked: {name}")
-    sys.meta_path.insert(0, Block())
+RUNTIME_WITHOUT_TORCH = """
     from certseg_rt.cli import main
     try:
         main(["certify", sys.argv[2], "--engine", sys.argv[1], "--n", "60", "--n0", "5", "--alpha", "0.05", "--json"])
     except SystemExit as e:
         assert e.code in (0, None), e.code
-    assert not any(m.split(".")[0] in ("torch", "diffusers") for m in sys.modules), "torch was imported"
-""")
+"""
 
 
 @pytest.mark.parametrize("name", COLOUR)
 def test_colour_engine_certifies_without_torch(name, colour_engines, colour_png):
     png, _ = colour_png[name]
-    r = subprocess.run([sys.executable, "-c", RUNTIME_WITHOUT_TORCH, str(colour_engines / name), str(png)],
-                       capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    r = run_without_torch(RUNTIME_WITHOUT_TORCH, colour_engines / name, png)
     assert r.returncode == 0, r.stderr[-2000:]
     cert = json.loads(r.stdout[r.stdout.index("{"):r.stdout.rindex("}") + 1])
     assert cert["backend"] == "onnxruntime:cpu" and cert["modality"] == name
