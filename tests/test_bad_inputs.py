@@ -565,8 +565,11 @@ def test_interrupted_evaluate_keeps_finished_records_and_resumes(tmp_path):
     data, out = tmp_path / "data", tmp_path / "results"
     assert CliRunner().invoke(main, ["make-phantoms", str(data), "--count", "4"]).exit_code == 0
     args = ["evaluate", str(data), "--out", str(out), *EVAL_FAST[:3], "60", *EVAL_FAST[4:]]
+    # A shell that starts pytest in the background (`cmd &`) ignores SIGINT, and the child would inherit
+    # that; restore the default so Python installs its KeyboardInterrupt handler, as in a terminal.
     proc = subprocess.Popen([sys.executable, "-m", "certseg_rt.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list((out / "records").rglob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
