@@ -8,6 +8,9 @@ Rows (each measured in its own subprocess, so peak RSS is the row's own):
   autocast through oneDNN, AVX-512 BF16 / AMX) outside --quick.
 * ``onnxruntime`` (fp32, int8): certseg-rt's CPU path: an engine directory, keyed noise and votes in the
   compiled extension, table-lookup statistics.
+* ``tensorrt`` (fp32, fp16, bf16): certseg-rt's GPU path, when this machine can build and run TensorRT
+  engines (tensorrt, cuda-python, a GPU and the extension's CUDA kernels); otherwise the result says why
+  there are no such rows.
 
 Each row: median seconds of whole CERTIFY calls (n0 + n samples, noise, inference, votes, statistics)
 after a warm-up, samples/s, peak RSS, certified Dice on a fixed set of held-out phantoms, achieved
@@ -31,6 +34,7 @@ import numpy as np
 from . import __version__
 
 DICE_PHANTOMS = 3  # fixed held-out phantoms for each row's certified Dice
+ENGINE_BACKENDS = ("onnxruntime", "tensorrt")  # rows that certify an engine directory
 
 
 def peak_rss_mb() -> float:
@@ -134,7 +138,7 @@ def run_row(spec: dict) -> dict:
     size, n0, n, repeats, bs = spec["image_size"], spec["n0"], spec["n"], spec["repeats"], spec["batch_size"]
     modality = get_modality(spec["modality"])
     images = [modality.make_phantom(HELD_OUT_SEEDS[700 + i], size) for i in range(DICE_PHANTOMS)]
-    if spec["backend"] == "onnxruntime":
+    if spec["backend"] in ENGINE_BACKENDS:
         from .runtime.segmenter import CertifiedSegmenter
 
         backend = CertifiedSegmenter.load(spec["engine"], batch_size=bs).backend
@@ -214,12 +218,28 @@ def check_arguments(*, sizes, batch_sizes, precisions, repeats, engine_dir=None)
                                f"{m['batch_sizes']['max']}, not all of {','.join(map(str, batch_sizes))}")
 
 
+def tensorrt_unavailable() -> str | None:
+    """None when TensorRT engines can be built and run here; otherwise why not, in one line."""
+    from .errors import CertsegError
+    from .export.build import require_tensorrt
+
+    try:
+        require_tensorrt()
+    except CertsegError as e:
+        return str(e).splitlines()[0]
+    return None
+
+
 def run(*, sizes=(128, 256), ns=(100,), batch_sizes=(8, 16, 32), precisions=("fp32", "int8"), repeats: int = 3,
         n0: int = 10, reference: bool = True, engine_dir: Path | None = None, model: str = "chest",
-        torch_precisions=("fp32",), log=print) -> dict:
+        torch_precisions=("fp32",), tensorrt_precisions=("fp32", "fp16", "bf16"), log=print) -> dict:
     """All rows.  The batch size is swept at the smallest n; larger n reuse the best one found there."""
     check_arguments(sizes=sizes, batch_sizes=batch_sizes, precisions=precisions, repeats=repeats,
                     engine_dir=engine_dir)
+    tensorrt_skipped = tensorrt_unavailable() if tensorrt_precisions else "not requested"
+    if tensorrt_skipped:
+        log(f"no TensorRT rows: {tensorrt_skipped}")
+        tensorrt_precisions = ()
     from .export.build import build_engine
     from .export.loaders import load_model_dir, load_source
     from .zoo import bundled_model_dir
@@ -232,16 +252,17 @@ def run(*, sizes=(128, 256), ns=(100,), batch_sizes=(8, 16, 32), precisions=("fp
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
             gflop = gflop_per_sample(model, size)
-            engines = {}
-            for precision in precisions:
-                if engine_dir is not None and size == sizes[0] and precision == "fp32":
-                    engines[precision] = Path(engine_dir)
+            engines = {}  # "backend:precision" -> engine directory
+            for backend, precision in (*(("onnxruntime", p) for p in precisions),
+                                       *(("tensorrt", p) for p in tensorrt_precisions)):
+                if engine_dir is not None and size == sizes[0] and (backend, precision) == ("onnxruntime", "fp32"):
+                    engines[f"{backend}:{precision}"] = Path(engine_dir)
                     continue
-                path = Path(tmp) / f"engine-{size}-{precision}"
-                log(f"building {precision} engine at {size}x{size}")
-                build_engine(load_source(model, image_size=(size, size)), 0.25, path, precision=precision,
-                             batch_sizes=(1, 16, max(batch_sizes)), log=lambda m: None)
-                engines[precision] = path
+                path = Path(tmp) / f"engine-{size}-{backend}-{precision}"
+                log(f"building {backend} {precision} engine at {size}x{size}")
+                build_engine(load_source(model, image_size=(size, size)), 0.25, path, backend=backend,
+                             precision=precision, batch_sizes=(1, 16, max(batch_sizes)), log=lambda m: None)
+                engines[f"{backend}:{precision}"] = path
             for n in ns:
                 base = {"image_size": size, "n0": n0, "n": n, "gflop_per_sample": gflop, "model": str(model),
                         "modality": modality,
@@ -250,10 +271,9 @@ def run(*, sizes=(128, 256), ns=(100,), batch_sizes=(8, 16, 32), precisions=("fp
                     log(f"reference-loop {size}x{size} n={n}")
                     rows.append(_row_in_subprocess({**base, "backend": "reference-loop", "precision": "fp32",
                                                     "batch_size": 1, "repeats": 1}))
-                for backend in (*(f"torch-eager:{p}" for p in torch_precisions), *(f"onnxruntime:{p}" for p in engines)):
+                for backend in (*(f"torch-eager:{p}" for p in torch_precisions), *engines):
                     name, _, precision = backend.partition(":")
-                    spec = {**base, "backend": name, "precision": precision,
-                            "engine": str(engines.get(precision, "")) if name == "onnxruntime" else ""}
+                    spec = {**base, "backend": name, "precision": precision, "engine": str(engines.get(backend, ""))}
                     key = (size, name, precision)
                     if key not in best_batch:
                         best = None
@@ -268,10 +288,12 @@ def run(*, sizes=(128, 256), ns=(100,), batch_sizes=(8, 16, 32), precisions=("fp
                     bs = best_batch[key]
                     log(f"{name} {precision} {size}x{size} n={n} batch {bs} (+ certified Dice)")
                     rows.append(_row_in_subprocess({**spec, "batch_size": bs}))
-    for row in rows:
-        peak = mach["fp32_peak_gflops_estimate"]
-        row["fraction_of_fp32_peak"] = round(row["gflops_per_second"] / peak, 3) if peak else None
-    return {"machine": mach, "model": model.name, "rows": rows, "summary": summarize(rows)}
+    peak = mach["fp32_peak_gflops_estimate"]
+    for row in rows:  # the peak is the CPU's: a GPU row has no fraction of it
+        row["fraction_of_fp32_peak"] = round(row["gflops_per_second"] / peak, 3) \
+            if peak and row["backend"] != "tensorrt" else None
+    return {"machine": mach, "model": model.name, "rows": rows, "summary": summarize(rows),
+            "tensorrt": {"rows": not tensorrt_skipped, "skipped_because": tensorrt_skipped}}
 
 
 def summarize(rows) -> dict:
@@ -283,9 +305,14 @@ def summarize(rows) -> dict:
             ref = sel.get("reference-loop:fp32")
             fastest = min((r for k, r in sel.items() if k.startswith("onnxruntime")),
                           key=lambda r: r["seconds_median"], default=None)
+            gpu = min((r for k, r in sel.items() if k.startswith("tensorrt")),
+                      key=lambda r: r["seconds_median"], default=None)
             if fastest is None:
                 continue
             entry = {"fastest": f"onnxruntime:{fastest['precision']}", "seconds": fastest["seconds_median"]}
+            if gpu is not None:
+                entry["fastest_gpu"] = f"tensorrt:{gpu['precision']}"
+                entry["gpu_seconds"] = gpu["seconds_median"]
             if eager:
                 entry["speedup_vs_torch_eager"] = round(eager["seconds_median"] / fastest["seconds_median"], 2)
                 if fastest["certified_dice"] is not None and eager["certified_dice"] is not None:
@@ -317,7 +344,11 @@ def to_markdown(result: dict) -> str:
                      (f" ({v['dice_points_vs_torch_eager']:+.2f} Dice points)" if "dice_points_vs_torch_eager" in v
                       else "") +
                      (f", {v['speedup_vs_reference_loop']}x the reference loop" if "speedup_vs_reference_loop" in v
-                      else ""))
+                      else "") +
+                     (f"; GPU: {v['fastest_gpu']} {v['gpu_seconds']:.3f} s" if "fastest_gpu" in v else ""))
+    skipped = result.get("tensorrt", {}).get("skipped_because")
+    if skipped:
+        lines.append(f"- no TensorRT rows: {skipped}")
     return "\n".join(lines) + "\n"
 
 

@@ -243,6 +243,7 @@ CLI_CASES = {
     "bench batch 0": (["bench", "--batch-sizes", "0,8"], "batch sizes must be >= 1"),
     "bench repeats 0": (["bench", "--repeats", "0"], "--repeats"),
     "bench torch fp16": (["bench", "--torch-precisions", "fp32,fp16"], "--torch-precisions"),
+    "bench tensorrt int8": (["bench", "--tensorrt-precisions", "fp16,int8"], "--tensorrt-precisions"),
     "bench precision fp64": (["bench", "--precisions", "fp32,fp64"], "fp64"),
     "bench engine missing": (["bench", "--engine", "{missing}"], "does not exist"),
     "bench engine other size": (["bench", "--engine", "{engine}", "--sizes", "256"], "fp32 engine for the first"),

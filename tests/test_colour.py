@@ -262,6 +262,7 @@ def test_bench_colour_model_rows(tmp_path):
     assert result["model"] == "polyp"
     assert {row["backend"] for row in result["rows"]} == {"reference-loop", "torch-eager", "onnxruntime"}
     assert all(row["image_size"] == 64 and row["certified_dice"] is not None for row in result["rows"])
+    assert result["tensorrt"]["rows"] is False and result["tensorrt"]["skipped_because"]  # no GPU here
 
 
 # ---- kernels: noise over all channels ------------------------------------------------------------------------------
