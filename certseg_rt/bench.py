@@ -55,9 +55,7 @@ def machine() -> dict:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             key = key.strip()
-            if key == "model name" and cpu in ("unknown", ""):
-                cpu = value.strip()
-            elif key == "model name":
+            if key == "model name":  # more telling than platform.processor() ("x86_64")
                 cpu = value.strip()
             elif key == "cpu MHz" and mhz is None:
                 mhz = float(value)
