@@ -219,10 +219,10 @@ def check_arguments(*, sizes, batch_sizes, precisions, repeats, engine_dir=None)
 def tensorrt_unavailable() -> str | None:
     """None when TensorRT engines can be built and run here; otherwise why not, in one line."""
     from .errors import CertsegError
-    from .export.build import require_tensorrt
+    from .export.build import check_request
 
     try:
-        require_tensorrt()
+        check_request("tensorrt", "fp16")
     except CertsegError as e:
         return str(e).splitlines()[0]
     return None

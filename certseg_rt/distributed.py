@@ -124,23 +124,22 @@ class Target:
 
 def engine_target(engine: Path, sigma: float | None, batch_size: int) -> Target:
     """Check an engine directory on the driver (manifest, hashes, sigma, batch size) before any worker starts."""
-    from .manifest import REBUILD, load_manifest
+    from .manifest import load_manifest
+    from .runtime.backends import RUNNERS, runner
 
     manifest = load_manifest(engine)
     kind = manifest["backend"]
-    if kind not in ("onnxruntime", "tensorrt"):
-        raise CertsegError(f"engine field backend is {kind!r}, which this runtime cannot run yet; "
-                           f"{REBUILD} --backend onnxruntime")
+    runner(kind)  # one line if this runtime cannot run it
     built = float(manifest["sigma"])
     if sigma is not None and not np.isclose(sigma, built, rtol=0, atol=1e-12):
         raise CertsegError(f"--sigma {sigma} differs from the engine's sigma {built} (manifest field sigma; the "
                            f"denoiser's timestep depends on it); rebuild with `certseg-rt build-engine --sigma "
                            f"{sigma}` or omit --sigma")
     sizes = manifest["batch_sizes"]
-    if kind == "onnxruntime" and not sizes["min"] <= batch_size <= sizes["max"]:
+    if not RUNNERS[kind].gpu and not sizes["min"] <= batch_size <= sizes["max"]:
         raise CertsegError(f"batch size {batch_size} is outside the engine's range {sizes['min']}..{sizes['max']}")
     return Target("engine", str(Path(engine).resolve()), built, tuple(manifest["classes"]),
-                  int(manifest["input"]["channels"]), batch_size, gpu=kind == "tensorrt")
+                  int(manifest["input"]["channels"]), batch_size, gpu=RUNNERS[kind].gpu)
 
 
 def model_target(model_dir: Path, sigma: float, batch_size: int, denoiser: bool) -> Target:
@@ -165,18 +164,11 @@ def _open(target: Target, root: Path, threads: int):
 
         seg = CertifiedSegmenter.load(root, batch_size=target.batch_size, threads=threads)
         return seg.backend, seg.segment
-    import torch
-
     from .runtime.backends.torch_eager import reference_backend
 
     backend = reference_backend(root, target.sigma, batch_size=target.batch_size, denoiser=target.denoiser,
                                 threads=threads)
-
-    def clean(image):
-        with torch.inference_mode():
-            logits = backend.source.segmenter(torch.from_numpy(image[None]))
-        return logits.argmax(1)[0].numpy().astype(np.uint8)
-    return backend, clean
+    return backend, backend.segment
 
 
 # ---------------------------------------------------------------------------------- shipped directories

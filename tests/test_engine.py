@@ -120,12 +120,12 @@ def test_tensorrt_without_gpu_is_one_line_and_leaves_nothing(tmp_path):
 
 
 def test_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
-    import certseg_rt.export.build as build
+    import certseg_rt.export.onnx_export as onnx_export
 
     def fail(*a, **k):
         raise CertsegError("parity failed (simulated)")
 
-    monkeypatch.setattr(build, "check_graphs", fail)
+    monkeypatch.setattr(onnx_export, "check_graphs", fail)
     out = tmp_path / "engine"
     r = CliRunner().invoke(main, ["build-engine", "--out", str(out)])
     assert r.exit_code == 1 and "simulated" in r.stderr

@@ -25,7 +25,7 @@ pytest.importorskip("torch")
 from onnx import TensorProto, helper, shape_inference  # noqa: E402
 
 from certseg_rt.export.precision import cast_precision, precision_summary  # noqa: E402
-from certseg_rt.export.tensorrt_build import (  # noqa: E402
+from certseg_rt.export.builders.tensorrt import (  # noqa: E402
     MIN_AGREEMENT, TIMING_CACHE_NAME, check_agreement, check_build_target, plan_tensorrt_build)
 from certseg_rt.runtime.backends.tensorrt import (  # noqa: E402
     ENGINE_NAME, check_engine_compatible, deserialize_engine, open_tensorrt_backend)
@@ -386,7 +386,7 @@ def trt_engine_dir(graphs, tmp_path_factory):
     """An fp16 engine directory of the bundled model, built as build-engine --backend tensorrt builds one."""
     import shutil
 
-    from certseg_rt.export.tensorrt_build import build_tensorrt_stage
+    from certseg_rt.export.builders.tensorrt import build_tensorrt_stage
     from certseg_rt.manifest import write_manifest
 
     d = tmp_path_factory.mktemp("trt") / "chest"

@@ -63,6 +63,8 @@ class GraphBackend:
         # None: a model that takes any size, as the hand-made test backends do.
         self.input_size: tuple[int, int] | None = None
         self.progress: Callable[[int], None] | None = None  # called with the number of samples done
+        # The base segmenter alone on a clean image -> uint8 (H, W) labels (clean Dice); set by the runner.
+        self.segment: Callable[[np.ndarray], np.ndarray] | None = None
         self.record: dict = {"backend": self.name}  # what a certificate records about the model and backend
         self._noisy = np.empty((0,), np.float32)  # reused across calls; reallocated only when the shape grows
 

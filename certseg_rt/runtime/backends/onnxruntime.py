@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import CertsegError
-from ..sampling import GraphBackend
+from ...manifest import REBUILD
+from ..sampling import GraphBackend, check_input
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
@@ -80,3 +81,82 @@ class OnnxRuntimeBackend(GraphBackend):
                                f"{self.height}x{self.width}; resize the image or rebuild with "
                                f"`certseg-rt build-engine --image-size {x.shape[-2]}`")
         return super().sample_counts(x, num, seed, offset)
+
+
+def check_versions(manifest: dict) -> None:
+    """The engine was built with this onnxruntime release (major.minor): graphs optimised offline by another
+    release may not load, or may not compute the same labels."""
+    import onnxruntime
+
+    built = manifest["tools"].get("onnxruntime")
+    here = onnxruntime.__version__
+    if built is None or built.split(".")[:2] != here.split(".")[:2]:
+        raise CertsegError(f"engine field tools.onnxruntime is {built}, but this is onnxruntime {here}; install "
+                           f"onnxruntime=={built} or {REBUILD.replace('rebuild it', 'rebuild the engine')}")
+
+
+def check_graph_matches(session, manifest: dict, name: str) -> None:
+    """The fused graph is what the manifest says: labels out, its input shape, and (where the graph
+    records them) its sigma and classes.  A manifest edited by hand, or copied from another engine, fails here."""
+    import json
+
+    inp, out = session.get_inputs()[0], session.get_outputs()[0]
+    want = manifest["input"]
+    shape = [want["channels"], want["height"], want["width"]]
+    if out.type != "tensor(uint8)" or any(isinstance(d, int) and d != w for d, w in zip(inp.shape[1:], shape)):
+        raise CertsegError(f"engine graph {name} takes {inp.shape} and gives {out.type}, but the manifest (field "
+                           f"input) describes labels (uint8) of a {shape} image; {REBUILD}")
+    meta = session.get_modelmeta().custom_metadata_map
+    try:
+        if "sigma" in meta and not np.isclose(float(meta["sigma"]), manifest["sigma"], rtol=0, atol=1e-9):
+            raise CertsegError(f"engine field sigma is {manifest['sigma']} but {name} was built for sigma "
+                               f"{meta['sigma']}; {REBUILD}")
+        if "classes" in meta and json.loads(meta["classes"]) != manifest["classes"]:
+            raise CertsegError(f"engine field classes lists {len(manifest['classes'])} classes, but {name} was "
+                               f"built for {meta['classes']}; {REBUILD}")
+    except (ValueError, TypeError):
+        raise CertsegError(f"engine graph {name} has unreadable metadata (sigma, classes); {REBUILD}")
+
+
+def graph_paths(engine_dir, manifest: dict) -> tuple:
+    """(fused graph, segmenter graph) named by the manifest's field graphs."""
+    graphs = manifest.get("graphs") or {}
+    if not graphs.get("fused") or not graphs.get("segmenter"):
+        raise CertsegError(f"engine field graphs must name the fused and the segmenter graph; {REBUILD}")
+    return engine_dir / graphs["fused"], engine_dir / graphs["segmenter"]
+
+
+class OnnxSegmenter:
+    """The base segmenter alone (segmenter.onnx) on clean images, for the clean Dice: uint8 (H, W) labels.
+    The session is created on first use: certifying never needs it."""
+
+    def __init__(self, path, channels: int):
+        self.path, self.channels, self._session = path, channels, None
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        if self._session is None:
+            self._session = make_session(self.path)
+        x = check_input(image, self.channels)
+        logits = self._session.run(None, {self._session.get_inputs()[0].name: x[None]})[0]
+        return np.argmax(logits[0], axis=0).astype(np.uint8)
+
+
+def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, provider: str = "cpu"):
+    """An onnxruntime engine directory (manifest already checked) -> OnnxRuntimeBackend."""
+    from . import engine_batch_size
+
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise CertsegError("ONNX Runtime is not installed; pip install 'certseg-rt[cpu]'")
+    check_versions(manifest)
+    batch = engine_batch_size(manifest, batch_size)
+    fused, segmenter = graph_paths(engine_dir, manifest)
+    session = make_session(fused, provider, threads)
+    check_graph_matches(session, manifest, fused.name)
+    inp = manifest["input"]
+    backend = OnnxRuntimeBackend(session, sigma=manifest["sigma"], num_classes=len(manifest["classes"]),
+                                 channels=inp["channels"], height=inp["height"], width=inp["width"],
+                                 batch_size=batch, provider=provider)
+    backend.segment = OnnxSegmenter(segmenter, inp["channels"])
+    return backend

@@ -216,10 +216,9 @@ def open_tensorrt_backend(engine_dir, manifest: dict | None = None, *, batch_siz
     if manifest["backend"] != "tensorrt":
         raise CertsegError(f"engine field backend is {manifest['backend']!r}, not 'tensorrt'; open it with the "
                            f"onnxruntime backend or {rebuild_hint(engine_dir)}")
-    sizes = manifest["batch_sizes"]
-    batch = batch_size or sizes["opt"]
-    if not sizes["min"] <= batch <= sizes["max"]:
-        raise CertsegError(f"batch size {batch} is outside the engine's range {sizes['min']}..{sizes['max']}")
+    from . import engine_batch_size
+
+    batch = engine_batch_size(manifest, batch_size)
     trt = import_tensorrt()
     require_device_kernels()
     gpu, cc = gpu_properties()
@@ -231,6 +230,16 @@ def open_tensorrt_backend(engine_dir, manifest: dict | None = None, *, batch_siz
                               width=inp["width"], batch_size=batch, cuda_graph=cuda_graph)
     backend.record.update({"precision": manifest.get("precision"), "tensorrt": trt.__version__, "gpu": gpu,
                            "compute_capability": cc, "engine_built_on": manifest.get("gpu")})
+    return backend
+
+
+def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, provider=None) -> "TensorRTBackend":
+    """The runner registry's entry: the native backend (provider and threads do not apply to it), with the
+    clean segmenter from the engine's segmenter.onnx on ONNX Runtime's CPU provider."""
+    from .onnxruntime import OnnxSegmenter, graph_paths
+
+    backend = open_tensorrt_backend(engine_dir, manifest, batch_size=batch_size)
+    backend.segment = OnnxSegmenter(graph_paths(Path(engine_dir), manifest)[1], manifest["input"]["channels"])
     return backend
 
 

@@ -1,6 +1,8 @@
 """The PyTorch reference backend: DenoiseSegment in eager mode, batched, under inference_mode."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -28,6 +30,13 @@ class TorchEagerBackend(GraphBackend):
             return self.model(torch.from_numpy(x_noisy)).numpy()
 
 
+def segment_clean(segmenter: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+    """The segmenter alone on a clean image (C, H, W) -> uint8 (H, W) labels, for the clean Dice."""
+    with torch.inference_mode():
+        logits = segmenter(torch.from_numpy(np.ascontiguousarray(image, np.float32)[None]))
+    return logits.argmax(1)[0].numpy().astype(np.uint8)
+
+
 def reference_backend(model_dir, sigma: float, *, batch_size: int = 16, denoiser: bool = True,
                       threads: int | None = None, precision: str = "fp32") -> TorchEagerBackend:
     """The torch reference backend for a model directory, with what it certifies recorded on it."""
@@ -40,6 +49,7 @@ def reference_backend(model_dir, sigma: float, *, batch_size: int = 16, denoiser
                                 batch_size=batch_size, threads=threads, precision=precision)
     step = source.one_step(sigma)
     backend.source = source
+    backend.segment = functools.partial(segment_clean, source.segmenter)
     backend.input_size = (source.height, source.width)  # the resolution it was trained at
     backend.record = {
         "backend": backend.name,

@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CertsegError
-from ..runtime.backends.tensorrt import ENGINE_NAME, INPUT_NAME, _version, rebuild_hint
+from ...errors import CertsegError
+from ...runtime.backends.tensorrt import ENGINE_NAME, INPUT_NAME, _version, rebuild_hint
 
 TIMING_CACHE_NAME = "timing.cache"
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -159,7 +159,7 @@ def check_tensorrt_environment():
 
     Cheap enough to call before anything is exported or staged, so a machine without TensorRT fails at once.
     """
-    from ..runtime.backends.tensorrt import cudart, gpu_properties, import_tensorrt, require_device_kernels
+    from ...runtime.backends.tensorrt import cudart, gpu_properties, import_tensorrt, require_device_kernels
 
     trt = import_tensorrt()
     require_device_kernels()
@@ -173,7 +173,7 @@ def check_tensorrt_environment():
 def _write_cast_graph(plan: TensorRTBuildPlan, log) -> dict:
     import onnx
 
-    from .precision import cast_precision, precision_summary
+    from ..precision import cast_precision, precision_summary
 
     cast = cast_precision(onnx.load(str(plan.onnx_path)), plan.precision)
     onnx.save(cast, str(plan.network_onnx_path))
@@ -222,7 +222,7 @@ def build_tensorrt_engine(onnx_path, out_path, *, precision: str = DEFAULT_PRECI
                                input_shape=input_shape, input_name=input_name, workspace_bytes=workspace_bytes,
                                timing_cache_path=timing_cache_path, version_compatible=version_compatible,
                                hardware_compatible=hardware_compatible)
-    from ..runtime.backends.tensorrt import capturing_logger, gpu_properties
+    from ...runtime.backends.tensorrt import capturing_logger, gpu_properties
 
     if trt is None:
         trt, gpu, cc = check_tensorrt_environment()
@@ -290,7 +290,7 @@ def agreement_vs_onnxruntime(engine, onnx_fp32, inputs: np.ndarray, *, batch_siz
     """
     import onnxruntime as ort
 
-    from ..runtime.backends.tensorrt import TensorRTBackend, capturing_logger, import_tensorrt
+    from ...runtime.backends.tensorrt import TensorRTBackend, capturing_logger, import_tensorrt
 
     trt = trt or import_tensorrt()
     keep = ()
@@ -341,3 +341,36 @@ def default_timing_cache(out) -> Path | None:
     """The timing cache of the engine directory being replaced, if any: rebuilds reuse its measurements."""
     path = Path(out) / TIMING_CACHE_NAME
     return path if path.is_file() and os.access(path, os.R_OK) else None
+
+
+# ---- the builder registry's entry points --------------------------------------------------------------------
+
+def check_request(precision: str, options: dict) -> None:
+    """One line naming what is missing for TensorRT engines (the tensorrt package, a GPU, the CUDA kernels)."""
+    if precision not in PRECISIONS:
+        raise CertsegError(f"--precision {precision} is not available for tensorrt; choose one of {', '.join(PRECISIONS)}")
+    check_tensorrt_environment()
+
+
+def build(stage: Path, graphs, *, source, sigma, precision, batch_sizes, threads, parity, force, options, log) -> dict:
+    """The fp32 ONNX graphs (checked against torch), then the engine built from the fused one and checked against
+    ONNX Runtime fp32 on the same noisy phantoms."""
+    from ..onnx_export import check_graphs, parity_inputs
+    from .onnxruntime import optimise_graphs
+
+    settings = optimise_graphs(graphs, threads, log)  # the ONNX graphs beside the engine run on ONNX Runtime
+    report = {"skipped": True}
+    if parity:
+        log("checking parity with torch on noisy phantoms")
+        report = check_graphs(source, sigma, graphs, min_agreement=0.0 if force else 0.999)
+    opts = dict(options or {})
+    opts.setdefault("timing_cache_path", default_timing_cache(options.get("out")) if options.get("out") else None)
+    opts.pop("out", None)
+    meta = graphs.metadata["input"]
+    fields = build_tensorrt_stage(graphs.fused, stage, inputs=parity_inputs(source, sigma, 16), precision=precision,
+                                  input_shape=(meta["channels"], meta["height"], meta["width"]),
+                                  batch_sizes=batch_sizes, force=force, log=log, **opts)
+    import onnxruntime
+
+    return {"graphs": {"fused": graphs.fused.name, "segmenter": graphs.segmenter.name}, "onnxruntime": settings,
+            "parity": report, **fields, "tools": {"onnxruntime": onnxruntime.__version__}}

@@ -1,0 +1,101 @@
+"""export and build-engine: users' models -> ONNX graphs -> engine directories."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..certify import DEFAULTS, check_parameters
+from ..errors import CertsegError
+from .common import (
+    check_writable,
+    intake_options,
+    load_source_from_options,
+    user_errors,
+)
+from ..export.builders import BUILDERS
+from .group import main
+
+
+@main.command("export")
+@intake_options
+@click.option("--sigma", type=float, default=DEFAULTS["sigma"], show_default=True, help="smoothing noise (sets t*)")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="folder for the .onnx files")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
+@click.option("--no-parity", is_flag=True, help="skip the ONNX Runtime vs torch parity check")
+@click.option("--json", "as_json", is_flag=True, help="print metadata and parity as JSON")
+@user_errors
+def export_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, classes, denoiser, image_size, sigma, out,
+               exporter, no_parity, as_json):
+    """Export model.onnx (x_noisy -> labels), segmenter.onnx and denoiser.onnx, parity-checked.
+
+    \b
+    Example:
+      certseg-rt export --out onnx/ --sigma 0.25
+    """
+    from ..export.onnx_export import export_onnx
+
+    check_parameters(sigma=sigma)
+    check_writable(out)
+    source = load_source_from_options(model, segmenter, segmenter_weights, segmenter_kwargs, classes, denoiser, image_size)
+    click.echo(f"exporting to {out} ({exporter})", err=True)
+    graphs = export_onnx(source, sigma, out, exporter=exporter, parity=not no_parity)
+    result = {"graphs": [str(p) for p in (graphs.fused, graphs.segmenter, graphs.denoiser) if p],
+              **graphs.metadata, "parity": graphs.parity}
+    click.echo(json.dumps(result, indent=2) if as_json else
+               f"wrote {', '.join(result['graphs'])}; parity: {json.dumps(graphs.parity)}")
+
+
+@main.command("build-engine")
+@intake_options
+@click.option("--backend", type=click.Choice(list(BUILDERS)), default="onnxruntime", show_default=True)
+@click.option("--sigma", type=float, default=DEFAULTS["sigma"], show_default=True, help="smoothing noise (sets t*)")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="engine directory to create")
+@click.option("--batch-sizes", default="1,16,64", show_default=True, help="MIN,OPT,MAX of the batch dimension")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "int8", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="onnxruntime: fp32 or int8 (static, phantom-calibrated); tensorrt: fp32, fp16, bf16")
+@click.option("--force", is_flag=True, help="keep an engine whose labels agree with torch fp32 below the floor")
+@click.option("--workspace", type=int, default=1024, show_default=True, help="tensorrt: builder workspace, MiB")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
+              help="tensorrt: timing cache to start from [default: the replaced engine's]")
+@click.option("--version-compatible", is_flag=True, help="tensorrt: engine runs on later TensorRT releases too")
+@click.option("--hardware-compatible", is_flag=True, help="tensorrt: engine runs on any Ampere or newer GPU")
+@click.option("--threads", type=int, default=None, help="intra-op threads recorded for the runtime [default: all cores]")
+@click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
+@user_errors
+def build_engine_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, classes, denoiser, image_size, backend,
+                     sigma, out, batch_sizes, exporter, precision, force, workspace, timing_cache, version_compatible,
+                     hardware_compatible, threads, as_json):
+    """Build an engine directory: model file(s) + manifest.json (what is certified, hashes, tool versions).
+
+    \b
+    Example:
+      certseg-rt build-engine --out engines/chest
+      certseg-rt certify scan.png --engine engines/chest
+      certseg-rt build-engine --backend tensorrt --precision fp16 --out engines/chest-trt
+    """
+    from ..export.build import build_engine, check_request
+
+    check_parameters(sigma=sigma)
+    try:
+        sizes = tuple(int(v) for v in batch_sizes.split(","))
+        assert len(sizes) == 3
+    except (ValueError, AssertionError):
+        raise CertsegError(f"--batch-sizes {batch_sizes!r} must be three integers MIN,OPT,MAX")
+    trt = {"workspace_bytes": workspace << 20, "version_compatible": version_compatible,
+           "hardware_compatible": hardware_compatible} if backend == "tensorrt" else {}
+    if timing_cache is not None and backend == "tensorrt":
+        trt["timing_cache_path"] = timing_cache
+    check_request(backend, precision, trt)  # before any heavy work: one line saying what is missing
+    source = load_source_from_options(model, segmenter, segmenter_weights, segmenter_kwargs, classes, denoiser, image_size)
+    manifest = build_engine(source, sigma, out, backend=backend, precision=precision, batch_sizes=sizes,
+                            exporter=exporter, threads=threads, force=force, options=trt,
+                            log=lambda m: click.echo(m, err=True))
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+    else:
+        parity = manifest["parity"]
+        click.echo(f"built {out} ({backend}, {manifest['precision']}, sigma {sigma}); label agreement with torch "
+                   f"{parity.get('label_agreement', float('nan')):.4%}")

@@ -1,0 +1,161 @@
+"""What every verb shares: one-line errors, the certification options, model and engine opening, progress."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..certify import DEFAULTS
+from ..errors import CertsegError
+
+
+def user_errors(fn):
+    """Turn the errors a user can cause into one line and exit 1, never a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (CertsegError, ValueError) as e:
+            raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        except ModuleNotFoundError as e:
+            raise click.ClickException(f"{e.name} is not installed; install it with "
+                                       f"pip install 'certseg-rt[{EXTRA_OF.get(e.name, 'all')}]'")
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted; nothing was written")
+    return wrapper
+
+
+EXTRA_OF = {"torch": "export", "diffusers": "export", "safetensors": "export", "onnx": "export",
+             "onnxruntime": "cpu", "matplotlib": "plots", "tensorrt": "gpu"}
+
+
+def smoothing_options(fn):
+    """The certification parameters, shared by every verb that certifies."""
+    opts = [
+        click.option("--sigma", type=float, default=None,
+                     help=f"std of the Gaussian smoothing noise in the [0, 1] image range  [default: "
+                          f"{DEFAULTS['sigma']}, or the engine's]"),
+        click.option("--tau", type=float, default=DEFAULTS["tau"], show_default=True,
+                     help="class-probability threshold; radius = sigma * Phi^-1(tau)"),
+        click.option("--alpha", type=float, default=DEFAULTS["alpha"], show_default=True,
+                     help="family-wise error over all pixels of an image"),
+        click.option("--n0", type=int, default=DEFAULTS["n0"], show_default=True, help="selection samples"),
+        click.option("--n", "n", type=int, default=DEFAULTS["n"], show_default=True, help="estimation samples"),
+        click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True, help="noise stream"),
+        click.option("--batch-size", type=int, default=16, show_default=True, help="samples per forward pass"),
+        click.option("--correction", type=click.Choice(["holm", "bonferroni"]), default=DEFAULTS["correction"],
+                     show_default=True, help="multiple-testing correction over pixels"),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def model_dir(model: str) -> Path:
+    from ..zoo import ZOO_DIR, bundled_model_dir
+
+    path = Path(model)
+    if path.is_dir():
+        return path
+    if "/" in model or model.startswith("."):
+        raise CertsegError(f"model directory {model} does not exist")
+    try:
+        return bundled_model_dir(model)
+    except FileNotFoundError as e:
+        raise CertsegError(f"{e}; or give a model directory (see {ZOO_DIR})")
+
+
+def note(message: str) -> None:
+    """A remark about the input that changes nothing certified (stderr, one line)."""
+    click.echo(f"note: {message}", err=True)
+
+
+def progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", file=sys.stderr, leave=False, disable=None)
+
+
+def certify_with_progress(backend, x, *, n0, n, tau, alpha, seed, correction, desc):
+    from ..certify import certify as certify_image
+
+    with progress(n0 + n, desc) as bar:
+        backend.progress = bar.update
+        try:
+            return certify_image(backend, x, n0=n0, n=n, tau=tau, alpha=alpha, seed=seed, correction=correction)
+        finally:
+            backend.progress = None
+
+
+def open_backend(model: str, engine: Path | None, sigma: float | None, batch_size: int, denoiser: bool = True):
+    """(backend, classes) for the torch reference (a model) or a built engine directory."""
+    if batch_size < 1:
+        raise CertsegError(f"invalid batch-size={batch_size}: must be an integer >= 1")
+    if engine is not None:
+        from ..runtime.segmenter import CertifiedSegmenter
+
+        seg = CertifiedSegmenter.load(engine, batch_size=batch_size)
+        seg._check_sigma(sigma)
+        return seg.backend, seg.classes
+    from ..runtime.backends.torch_eager import reference_backend
+
+    backend = reference_backend(model_dir(model), DEFAULTS["sigma"] if sigma is None else sigma,
+                                batch_size=batch_size, denoiser=denoiser)
+    return backend, backend.source.classes
+
+
+def intake_options(fn):
+    """Which model to export: a model directory with any part replaced (all default to the bundled model)."""
+    opts = [
+        click.option("--model", default="chest", show_default=True, help="bundled model name or model directory"),
+        click.option("--segmenter", default=None,
+                     help="your segmenter: a TorchScript file, or 'package.module:factory' with --segmenter-weights"),
+        click.option("--segmenter-weights", type=click.Path(path_type=Path), default=None,
+                     help="safetensors weights for a factory segmenter"),
+        click.option("--segmenter-kwargs", default=None, help="JSON keyword arguments for the factory"),
+        click.option("--classes", default=None, help="comma-separated class names (index order)"),
+        click.option("--denoiser", default=None, help="diffusers directory (unet/ + scheduler/), or 'none'"),
+        click.option("--image-size", default=None, help="input size H or HxW the engine is built for"),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def load_source_from_options(model, segmenter, segmenter_weights, segmenter_kwargs, classes, denoiser, image_size):
+    from ..export.loaders import load_source
+
+    size = None
+    if image_size:
+        try:
+            parts = [int(v) for v in image_size.lower().split("x")]
+            size = (parts[0], parts[-1]) if len(parts) in (1, 2) else None
+        except ValueError:
+            size = None
+        if size is None or min(size) < 1:
+            raise CertsegError(f"--image-size {image_size!r} must look like 128 or 128x160")
+    try:
+        kwargs = json.loads(segmenter_kwargs) if segmenter_kwargs else None
+    except json.JSONDecodeError as e:
+        raise CertsegError(f"--segmenter-kwargs is not valid JSON ({e})")
+    return load_source(model_dir(model), segmenter=segmenter, weights=segmenter_weights, kwargs=kwargs,
+                       classes=classes.split(",") if classes else None, image_size=size, denoiser=denoiser)
+
+def check_writable(out: Path) -> None:
+    """Refuse an output folder that cannot be created or written, before any work."""
+    import os
+
+    probe = Path(out)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise CertsegError(f"cannot write to {out}: {probe} is not a writable folder; choose another --out")
+
+
+def progress_of(iterable, total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="image", file=sys.stderr, disable=None)

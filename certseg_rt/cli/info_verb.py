@@ -1,0 +1,43 @@
+"""info: version, backends, the compiled extension, bundled models."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from .. import __version__
+from .group import main
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def info(as_json):
+    """Version, available backends, the compiled extension and the bundled models."""
+    import importlib.util
+
+    backends = {"torch-eager": importlib.util.find_spec("torch") is not None}
+    try:
+        import onnxruntime
+
+        available = onnxruntime.get_available_providers()
+        for short, provider in (("cpu", "CPU"), ("cuda", "CUDA"), ("tensorrt", "Tensorrt")):
+            backends[f"onnxruntime:{short}"] = f"{provider}ExecutionProvider" in available
+    except ImportError:
+        backends["onnxruntime:cpu"] = False
+    backends["tensorrt"] = importlib.util.find_spec("tensorrt") is not None
+    from .._ext_loader import EXTENSION_STATUS
+    from ..zoo import bundled_models
+
+    data = {"version": __version__, "backends": backends, "extension": EXTENSION_STATUS, "models": bundled_models()}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(f"certseg-rt {__version__}")
+        for name, ok in backends.items():
+            click.echo(f"  {name:<22} {'yes' if ok else 'no'}")
+        click.echo(f"  extension: cpu {'yes' if EXTENSION_STATUS['cpu'] else 'no'}, "
+                   f"cuda {'yes' if EXTENSION_STATUS['cuda'] else 'no'}")
+        click.echo("bundled models (--model NAME):")
+        for name, m in data["models"].items():
+            click.echo(f"  {name:<18} {m['modality'] or '-':<6} {m['channels']} ch, {len(m['classes'])} classes, "
+                       f"{'denoiser + segmenter' if m['denoiser'] else 'segmenter only (plain smoothing)'}")

@@ -1,0 +1,76 @@
+"""ONNX Runtime engines (CPU): the exported graphs with ONNX Runtime's portable optimisations applied
+offline, and optionally static int8 quantisation of the fused graph (QDQ, calibrated on noisy phantoms)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ...errors import CertsegError
+
+PRECISIONS = ("fp32", "int8")
+
+
+def check_request(precision: str, options: dict) -> None:
+    if precision in ("bf16", "fp16"):
+        # Measured with onnxruntime 1.32 on this project's graph: a bf16 cast fails to load ("Could not find an
+        # implementation for Mul(14)"): the CPU execution provider has no bfloat16 arithmetic at all; an fp16
+        # cast loads but runs slower than fp32 (its kernels convert back to fp32).
+        raise CertsegError(f"--precision {precision} is not available for onnxruntime: its CPU execution provider has "
+                           f"no {precision} arithmetic kernels (a {precision} graph "
+                           f"{'does not load' if precision == 'bf16' else 'runs slower than fp32'}); use --precision "
+                           f"int8 (AVX-512 VNNI) on a CPU, or --backend tensorrt --precision {precision} on a GPU")
+    if precision not in PRECISIONS:
+        raise CertsegError(f"--precision {precision} is not available for onnxruntime; choose one of "
+                           f"{', '.join(PRECISIONS)}")
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise CertsegError("ONNX Runtime is not installed; pip install 'certseg-rt[cpu]'")
+
+
+def optimise_offline(path: Path, threads: int) -> dict:
+    """Apply ONNX Runtime's basic (portable, hardware-independent) graph optimisations offline, in place.
+
+    Extended and layout optimisations depend on the machine that runs them, so they stay online.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    tmp = path.with_suffix(".opt.onnx")
+    so.optimized_model_filepath = str(tmp)
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    os.replace(tmp, path)
+    return {"offline": "basic", "online": "all", "intra_op_num_threads": threads, "inter_op_num_threads": 1,
+            "execution_mode": "sequential"}
+
+
+def optimise_graphs(graphs, threads: int, log) -> dict:
+    log("optimising for ONNX Runtime (offline: basic graph optimisations)")
+    settings = {}
+    for path in (graphs.fused, graphs.segmenter, graphs.denoiser):
+        if path is not None:
+            settings = optimise_offline(path, threads)
+    return settings
+
+
+def build(stage: Path, graphs, *, source, sigma, precision, batch_sizes, threads, parity, force, options, log) -> dict:
+    import onnxruntime
+
+    from ..onnx_export import INPUT_NAME, check_graphs, parity_inputs
+
+    settings = optimise_graphs(graphs, threads, log)
+    quantisation = None
+    if precision == "int8":
+        from ..quantize import quantize_int8
+
+        log("quantising to int8 (static, calibrated on noisy phantoms)")
+        quantisation = quantize_int8(graphs.fused, parity_inputs(source, sigma, 32, seed=7), INPUT_NAME)
+    report = {"skipped": True}
+    if parity:
+        log("checking parity with torch on noisy phantoms")
+        floor = 0.0 if force else (0.999 if precision == "fp32" else 0.99)
+        report = check_graphs(source, sigma, graphs, min_agreement=floor)
+    return {"graphs": {"fused": graphs.fused.name, "segmenter": graphs.segmenter.name},
+            "onnxruntime": settings, "quantisation": quantisation, "parity": report,
+            "tools": {"onnxruntime": onnxruntime.__version__}}
