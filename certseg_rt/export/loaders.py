@@ -18,6 +18,7 @@ import torch
 from ..diffusion import OneStepDenoise, timestep_for_sigma
 from ..errors import CertsegError
 from .denoise_segment import DenoiseSegment, OneStepDenoiser
+from .denoisers import load_denoiser
 
 
 @dataclass
@@ -91,28 +92,6 @@ def load_safetensors_into(module: torch.nn.Module, weights: Path) -> torch.nn.Mo
         raise CertsegError(f"weights {weights} do not fit the segmenter architecture ({first}); "
                            f"check the factory and its kwargs")
     return module
-
-
-def load_denoiser(path: Path):
-    """A diffusers directory with unet/ (UNet2DModel) and scheduler/ (DDPMScheduler) -> (unet, scheduler, files)."""
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    path = Path(path)
-    for sub in ("unet", "scheduler"):
-        if not (path / sub).is_dir():
-            raise CertsegError(f"denoiser directory {path} has no {sub}/; save the UNet2DModel and DDPMScheduler "
-                               f"with save_pretrained into {path}/unet and {path}/scheduler")
-    try:
-        # .float(): bundled colour denoisers store fp16 weights; the network runs (and is certified) in fp32.
-        unet = UNet2DModel.from_pretrained(path / "unet", local_files_only=True, low_cpu_mem_usage=False).float().eval()
-        scheduler = DDPMScheduler.from_pretrained(path / "scheduler", local_files_only=True)
-    except (OSError, ValueError, EnvironmentError) as e:
-        raise CertsegError(f"cannot load the denoiser from {path}: {str(e).splitlines()[0]}")
-    if scheduler.config.prediction_type != "epsilon":
-        raise CertsegError(f"denoiser scheduler predicts {scheduler.config.prediction_type!r}; one-step "
-                           f"denoising here needs an epsilon-prediction DDPM")
-    files = {f"denoiser/{p.relative_to(path)}": p for p in sorted(path.rglob("*")) if p.is_file()}
-    return unet, scheduler, files
 
 
 def load_model_dir(path: Path, denoiser: bool = True) -> SourceModel:
