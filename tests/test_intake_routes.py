@@ -147,6 +147,8 @@ ROUTES = {
     "onnx fixed batch 2": (lambda f: ["--segmenter", f["onnx fixed batch 2"]], None),  # with parity
     "onnx dynamic 17": (lambda f: ["--segmenter", f["onnx dynamic 17"], "--no-parity"], None),
     "onnx external data": (lambda f: ["--segmenter", f["onnx external data"], "--no-parity"], None),
+    "onnx external data int8": (lambda f: ["--segmenter", f["onnx external data"], "--precision", "int8",
+                                           "--no-parity"], None),
     "onnx plain smoothing": (lambda f: ["--segmenter", f["onnx external data"], "--denoiser", "none",
                                         "--no-parity"], None),
     "segresnet scripted": (lambda f: ["--segmenter", f["segresnet scripted"], "--batch-sizes", "1,4,8"], None),

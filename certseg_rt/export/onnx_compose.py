@@ -79,6 +79,13 @@ def compose_fused(seg: OnnxSegmenterFile, denoiser_path: Path | None, out: Path,
         for node in merged.graph.node:
             node.input[:] = [input_name if x == "seg/" + seg.input_name else x for x in node.input]
         logits = merged.graph.output[0].name
+    # One entry per domain: merge_models keeps an unset and an empty default domain apart, which tools then refuse.
+    versions: dict[str, int] = {}
+    for entry in merged.opset_import:
+        domain = "" if entry.domain in ("", "ai.onnx") else entry.domain
+        versions[domain] = max(versions.get(domain, 0), entry.version)
+    del merged.opset_import[:]
+    merged.opset_import.extend(helper.make_opsetid(d, v) for d, v in versions.items())
     merged.graph.node.extend([
         helper.make_node("ArgMax", [logits], ["labels_int64"], axis=1, keepdims=0, select_last_index=0),
         helper.make_node("Cast", ["labels_int64"], ["labels"], to=TensorProto.UINT8),
