@@ -112,9 +112,12 @@ def files(tmp_path_factory):
     torch.save({"model": {k: v for k, v in state.items() if k != "head.bias"}}, d / "partial.pt")
     torch.save(pool, d / "pickled_module.pt")
     save_file(state, str(d / "pool.safetensors"))
+    from user_nets import Unexportable
+
+    save_file(Unexportable().state_dict(), str(d / "unexportable.safetensors"))
     torch.save(unet.state_dict(), d / "unet_state.bin")
     f.update({name: d / name for name in ("pool_state.pt", "ddp.pth", "partial.pt", "pickled_module.pt",
-                                          "pool.safetensors", "unet_state.bin")})
+                                          "pool.safetensors", "unet_state.bin", "unexportable.safetensors")})
     # a small diffusers DDPM (attention, GroupNorm, time embedding: the denoiser graph's op set at opset 17)
     from diffusers import DDPMScheduler, UNet2DModel
 
@@ -182,12 +185,16 @@ ROUTES = {
     "weights without a factory": (lambda f: ["--segmenter", f["unet traced"], "--segmenter-weights",
                                              f["pool.safetensors"]], "are for a factory"),
     "no such file": (lambda f: ["--segmenter", f["dir"] / "nosuch.pt"], "does not exist"),
+    # refused once export has begun: after the build's progress lines, one error line
+    "factory torch cannot export": (lambda f: ["--segmenter", "user_nets:Unexportable", "--segmenter-weights",
+                                               f["unexportable.safetensors"]], "torch cannot export the model"),
 }
+PROGRESS = ("exporting ONNX graphs",)  # what a build prints on stderr before its error
 
 
 def _one_line_error(r, needle):
     assert r.exit_code == 1, r.output
-    lines = r.stderr.strip().splitlines()
+    lines = [line for line in r.stderr.strip().splitlines() if not line.startswith(PROGRESS)]
     assert len(lines) == 1 and "Traceback" not in r.output, r.stderr
     assert needle in lines[0], lines[0]
 

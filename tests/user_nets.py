@@ -29,3 +29,14 @@ def pool_seg(seed: int = 0, **kwargs) -> PoolSeg:
     bn.running_mean.uniform_(-0.1, 0.1)
     bn.running_var.uniform_(0.5, 1.5)
     return net.eval()
+
+
+class Unexportable(nn.Module):
+    """Runs in torch, but the TorchScript-based ONNX exporter has no translation for one of its ops (an FFT)."""
+
+    def __init__(self, classes: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(1, classes, 1)
+
+    def forward(self, x):
+        return self.conv(torch.fft.fft2(x).real)

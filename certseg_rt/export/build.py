@@ -95,6 +95,30 @@ def staged_directory(out: Path):
             shutil.rmtree(stage, ignore_errors=True)
 
 
+@contextmanager
+def explain_export_failure():
+    """torch's exporters raise many types on a network they cannot translate: one line that says what to try.
+    Their own log (the TorchScript-based exporter prints the whole graph on a failure) stays off the terminal."""
+    import torch
+
+    # torch 2.13's TorchScript-based exporter turns its C++ log on whatever is asked (setup_onnx_logging tests the
+    # function _jit_is_onnx_log_enabled, not its value) and writes the whole graph to stderr on a failure.
+    onnx_log = getattr(torch._C, "_jit_onnx_log", None)
+    if onnx_log is not None:
+        torch._C._jit_onnx_log = lambda *args: None
+    try:
+        yield
+    except (CertsegError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - RuntimeError, torch.onnx.errors.*, TorchExportError, onnx's errors
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CertsegError(f"torch cannot export the model to ONNX ({type(e).__name__}: {first}); try the other "
+                           f"--exporter, or export the segmenter to ONNX yourself and pass --segmenter FILE.onnx")
+    finally:
+        if onnx_log is not None:
+            torch._C._jit_onnx_log = onnx_log
+
+
 def tool_versions() -> dict:
     """The export side's tools (each builder adds its backend's library to these)."""
     import onnx
@@ -140,7 +164,8 @@ def build_engine(source: SourceModel, sigma: float, out: Path, *, backend: str =
     threads = threads or os.cpu_count() or 1
     with staged_directory(out) as stage:
         log(f"exporting ONNX graphs ({exporter}, opset {OPSET})")
-        graphs = export_onnx(source, sigma, stage, exporter=exporter, parity=False, batch=opt, log=log)
+        with explain_export_failure():
+            graphs = export_onnx(source, sigma, stage, exporter=exporter, parity=False, batch=opt, log=log)
         if graphs.fixed_batch:
             b = graphs.fixed_batch
             if (lo, opt, hi) != (b, b, b):
