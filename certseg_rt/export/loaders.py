@@ -20,7 +20,7 @@ from ..diffusion import OneStepDenoise, timestep_for_sigma
 from ..errors import CertsegError
 from .denoise_segment import DenoiseSegment, OneStepDenoiser
 from .denoisers import load_denoiser
-from .intake.factory import TORCH_SUFFIXES, build_from_factory, load_factory, load_weights_into  # noqa: F401
+from .intake.factory import TORCH_SUFFIXES, build_from_factory, load_factory, load_weights_into
 from .intake.probe import probe_segmenter
 from .intake.torchscript import load_torchscript
 
@@ -171,6 +171,7 @@ def _segmenter_route(source: SourceModel, segmenter: str, weights: Path | None, 
         files = {"segmenter.torchscript": path}
         source.intake = {"segmenter": "torchscript"}
     elif FACTORY_SPEC.fullmatch(segmenter):
+        load_factory(segmenter)  # importable first: that is the first thing to fix
         if weights is None:
             raise CertsegError(f"--segmenter {segmenter} is a factory: give its weights with --segmenter-weights "
                                f"(safetensors, or a torch state dict {'/'.join(TORCH_SUFFIXES)})")
