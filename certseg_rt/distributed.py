@@ -136,7 +136,7 @@ def engine_target(engine: Path, sigma: float | None, batch_size: int) -> Target:
                            f"denoiser's timestep depends on it); rebuild with `certseg-rt build-engine --sigma "
                            f"{sigma}` or omit --sigma")
     sizes = manifest["batch_sizes"]
-    if not RUNNERS[kind].gpu and not sizes["min"] <= batch_size <= sizes["max"]:
+    if not RUNNERS[kind].gpu and not sizes.get("fixed") and not sizes["min"] <= batch_size <= sizes["max"]:
         raise CertsegError(f"batch size {batch_size} is outside the engine's range {sizes['min']}..{sizes['max']}")
     return Target("engine", str(Path(engine).resolve()), built, tuple(manifest["classes"]),
                   int(manifest["input"]["channels"]), batch_size, gpu=RUNNERS[kind].gpu)

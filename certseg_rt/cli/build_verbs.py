@@ -34,13 +34,16 @@ def export_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, classes, d
     Example:
       certseg-rt export --out onnx/ --sigma 0.25
     """
+    from ..export.build import explain_export_failure
     from ..export.onnx_export import export_onnx
 
     check_parameters(sigma=sigma)
     check_writable(out)
     source = load_source_from_options(model, segmenter, segmenter_weights, segmenter_kwargs, classes, denoiser, image_size)
     click.echo(f"exporting to {out} ({exporter})", err=True)
-    graphs = export_onnx(source, sigma, out, exporter=exporter, parity=not no_parity)
+    with explain_export_failure():
+        graphs = export_onnx(source, sigma, out, exporter=exporter, parity=not no_parity,
+                             log=lambda m: click.echo(m, err=True))
     result = {"graphs": [str(p) for p in (graphs.fused, graphs.segmenter, graphs.denoiser) if p],
               **graphs.metadata, "parity": graphs.parity}
     click.echo(json.dumps(result, indent=2) if as_json else
@@ -63,11 +66,15 @@ def export_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, classes, d
 @click.option("--version-compatible", is_flag=True, help="tensorrt: engine runs on later TensorRT releases too")
 @click.option("--hardware-compatible", is_flag=True, help="tensorrt: engine runs on any Ampere or newer GPU")
 @click.option("--threads", type=int, default=None, help="intra-op threads recorded for the runtime [default: all cores]")
+@click.option("--no-parity", is_flag=True, help="skip the parity check of the graphs against torch (recorded as "
+                                                 "skipped in the manifest)")
+@click.option("--memory-budget", type=int, default=None,
+              help="MiB the parity check may use per chunk of samples [default: half the available memory]")
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
 @user_errors
 def build_engine_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, classes, denoiser, image_size, backend,
                      sigma, out, batch_sizes, exporter, precision, force, workspace, timing_cache, version_compatible,
-                     hardware_compatible, threads, as_json):
+                     hardware_compatible, threads, no_parity, memory_budget, as_json):
     """Build an engine directory: model file(s) + manifest.json (what is certified, hashes, tool versions).
 
     \b
@@ -88,14 +95,36 @@ def build_engine_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, clas
            "hardware_compatible": hardware_compatible} if backend == "tensorrt" else {}
     if timing_cache is not None and backend == "tensorrt":
         trt["timing_cache_path"] = timing_cache
+    if memory_budget is not None and memory_budget < 1:
+        raise CertsegError(f"--memory-budget {memory_budget} must be >= 1 (MiB); omit it to use half the available "
+                           f"memory")
     check_request(backend, precision, trt)  # before any heavy work: one line saying what is missing
+    check_writable(out)
     source = load_source_from_options(model, segmenter, segmenter_weights, segmenter_kwargs, classes, denoiser, image_size)
     manifest = build_engine(source, sigma, out, backend=backend, precision=precision, batch_sizes=sizes,
-                            exporter=exporter, threads=threads, force=force, options=trt,
+                            exporter=exporter, threads=threads, parity=not no_parity, force=force,
+                            memory_budget=None if memory_budget is None else memory_budget << 20, options=trt,
                             log=lambda m: click.echo(m, err=True))
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
     else:
-        parity = manifest["parity"]
-        click.echo(f"built {out} ({backend}, {manifest['precision']}, sigma {sigma}); label agreement with torch "
-                   f"{parity.get('label_agreement', float('nan')):.4%}")
+        sizes = manifest["batch_sizes"]
+        batch = f"batch {sizes['opt']} fixed" if sizes.get("fixed") else f"batch {sizes['min']}..{sizes['max']}"
+        click.echo(f"built {out} ({backend}, {manifest['precision']}, sigma {sigma}, {batch}); "
+                   f"{parity_summary(manifest['parity'])}")
+
+
+def parity_summary(parity: dict) -> str:
+    """What the parity check measured, in words (an ONNX segmenter has no torch reference for its labels)."""
+    if parity.get("skipped"):
+        return "parity not checked (--no-parity)"
+    if "label_agreement" in parity:
+        text = f"label agreement with torch {parity['label_agreement']:.4%}"
+    elif "label_agreement_with_separate_graphs" in parity:
+        text = (f"composed graph agrees with the denoiser and segmenter graphs run separately on "
+                f"{parity['label_agreement_with_separate_graphs']:.4%} of pixels")
+    else:
+        return "parity: " + json.dumps({k: v for k, v in parity.items() if k != "batching"})
+    if "denoised_max_abs_diff" in parity:
+        text += f"; denoiser max abs diff vs torch {parity['denoised_max_abs_diff']:.2g}"
+    return text

@@ -112,9 +112,10 @@ def intake_options(fn):
     opts = [
         click.option("--model", default="chest", show_default=True, help="bundled model name or model directory"),
         click.option("--segmenter", default=None,
-                     help="your segmenter: a TorchScript file, or 'package.module:factory' with --segmenter-weights"),
+                     help="your segmenter: an ONNX file, a TorchScript file, or 'package.module:factory' with "
+                          "--segmenter-weights"),
         click.option("--segmenter-weights", type=click.Path(path_type=Path), default=None,
-                     help="safetensors weights for a factory segmenter"),
+                     help="weights for a factory segmenter: .safetensors, or a torch state dict (.pt/.pth/.bin)"),
         click.option("--segmenter-kwargs", default=None, help="JSON keyword arguments for the factory"),
         click.option("--classes", default=None, help="comma-separated class names (index order)"),
         click.option("--denoiser", default=None, help="diffusers directory (unet/ + scheduler/), or 'none'"),

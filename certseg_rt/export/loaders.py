@@ -1,14 +1,15 @@
 """Load users' and bundled torch models: segmenter and diffusers denoiser -> DenoiseSegment.
 
-A model directory (the bundled layout, see ``certseg_rt.zoo``) holds ``segmenter.json``
+The segmenter routes (ONNX, TorchScript, factory + weights) each have a module in ``export/intake/``;
+``load_source`` picks one.  A model directory (the bundled layout, see ``certseg_rt.zoo``) holds ``segmenter.json``
 (``factory`` "package.module:callable", its ``kwargs``, ``classes``, ``input``),
 ``segmenter.safetensors``, and optionally ``denoiser/`` with diffusers' ``unet/`` and ``scheduler/``.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,11 @@ from ..diffusion import OneStepDenoise, timestep_for_sigma
 from ..errors import CertsegError
 from .denoise_segment import DenoiseSegment, OneStepDenoiser
 from .denoisers import load_denoiser
+from .intake.factory import TORCH_SUFFIXES, build_from_factory, load_factory, load_weights_into
+from .intake.probe import probe_segmenter
+from .intake.torchscript import load_torchscript
+
+FACTORY_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # package.module:callable
 
 
 @dataclass
@@ -33,6 +39,7 @@ class SourceModel:
     scheduler: object | None = None  # diffusers DDPMScheduler
     files: dict[str, Path] = field(default_factory=dict)  # every file that defines the model, for hashing
     segmenter_onnx: Path | None = None  # a user's ONNX segmenter (then `segmenter` is None: torch cannot run it)
+    segmenter_file: Path | None = None  # the file the user gave for the segmenter (named in messages)
     intake: dict = field(default_factory=dict)  # how the model was brought in (for the manifest)
     modality: str | None = None  # the phantom modality it was trained on (data.modalities), if any
 
@@ -66,32 +73,9 @@ class SourceModel:
         return DenoiseSegment(self.segmenter, denoiser, output=output).eval()
 
 
-def load_factory(spec: str):
-    """'package.module:callable' -> the callable."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise CertsegError(f"segmenter factory {spec!r} must look like 'package.module:callable'")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise CertsegError(f"cannot import segmenter factory {spec!r} ({e}); install the package that defines it")
-
-
 def load_safetensors_into(module: torch.nn.Module, weights: Path) -> torch.nn.Module:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CertsegError(f"cannot read weights {weights}: {e}; the file is missing or corrupt, re-export it")
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CertsegError(f"weights {weights} do not fit the segmenter architecture ({first}); "
-                           f"check the factory and its kwargs")
-    return module
+    """Load a weights file (safetensors or a torch state dict) into `module`, strictly."""
+    return load_weights_into(module, Path(weights), "the segmenter architecture")[0]
 
 
 def load_model_dir(path: Path, denoiser: bool = True) -> SourceModel:
@@ -104,7 +88,7 @@ def load_model_dir(path: Path, denoiser: bool = True) -> SourceModel:
     except json.JSONDecodeError as e:
         raise CertsegError(f"{config_path} is not valid JSON ({e})")
     kwargs = config.get("kwargs", {})
-    segmenter = load_factory(config["factory"])(**kwargs)
+    segmenter = build_from_factory(config["factory"], kwargs)
     weights = path / "segmenter.safetensors"
     load_safetensors_into(segmenter, weights)
     inp = config["input"]
@@ -122,56 +106,24 @@ def load_model_dir(path: Path, denoiser: bool = True) -> SourceModel:
     return model
 
 
-def load_torchscript(path: Path) -> torch.nn.Module:
-    try:
-        return torch.jit.load(str(path), map_location="cpu").eval()
-    except (RuntimeError, ValueError, OSError) as e:
-        raise CertsegError(f"cannot load TorchScript segmenter {path} ({str(e).strip().splitlines()[0][:160]}); "
-                           f"save it with torch.jit.save(torch.jit.script(model), path)")
-
-
 def load_source(model_dir: Path, *, segmenter: str | None = None, weights: Path | None = None,
                 kwargs: dict | None = None, classes: list[str] | None = None, image_size: tuple[int, int] | None = None,
                 denoiser: str | None = None) -> SourceModel:
     """Model intake for export: a model directory, with any part replaced by the user's own.
 
-    segmenter: a TorchScript file (.pt/.ts/.torchscript) or 'package.module:factory' (with `weights`,
-    safetensors, and `kwargs`).  denoiser: a diffusers directory, or 'none' for plain randomized
+    segmenter: an ONNX file, a TorchScript file, or 'package.module:factory' (with `weights`, safetensors
+    or a torch state dict, and `kwargs`).  denoiser: a diffusers directory, or 'none' for plain randomized
     smoothing.  classes / image_size override the model directory's.
     """
     source = load_model_dir(model_dir, denoiser=denoiser is None)
+    onnx_file = None
     if segmenter is not None:
-        if Path(segmenter).suffix.lower() == ".onnx":
-            from .onnx_compose import segmenter_signature
-
-            if not Path(segmenter).is_file():
-                raise CertsegError(f"ONNX segmenter {segmenter} does not exist")
-            channels, num_classes = segmenter_signature(Path(segmenter))
-            names = classes or source.classes
-            if num_classes is not None and num_classes != len(names):
-                raise CertsegError(f"ONNX segmenter {segmenter} outputs {num_classes} classes but {len(names)} class "
-                                   f"names are given; pass --classes with {num_classes} names")
-            if channels is not None and channels != source.channels:
-                raise CertsegError(f"ONNX segmenter {segmenter} takes {channels} channels, the model directory "
-                                   f"{source.channels}")
-            module, files = None, {"segmenter.onnx": Path(segmenter)}
-            source.segmenter_onnx = Path(segmenter)
-            source.intake = {"segmenter": "onnx"}
-        elif Path(segmenter).is_file():
-            module = load_torchscript(Path(segmenter))
-            files = {"segmenter.torchscript": Path(segmenter)}
-            source.intake = {"segmenter": "torchscript"}
-        elif ":" in segmenter:
-            factory = load_factory(segmenter)
-            if weights is None:
-                raise CertsegError(f"--segmenter {segmenter} is a factory: give its weights with --segmenter-weights")
-            module = load_safetensors_into(factory(**(kwargs or {})), Path(weights)).eval()
-            files = {"segmenter.safetensors": Path(weights)}
-            source.intake = {"segmenter": f"factory {segmenter}", "kwargs": kwargs or {}}
-        else:
-            raise CertsegError(f"--segmenter {segmenter} is neither a file nor 'package.module:factory'")
+        module, files, onnx_file = _segmenter_route(source, segmenter, weights, kwargs)
         source.segmenter = module
         source.files = {k: v for k, v in source.files.items() if not k.startswith("segmenter")} | files
+    elif weights is not None or kwargs:
+        raise CertsegError("--segmenter-weights and --segmenter-kwargs are for a factory segmenter: add "
+                           "--segmenter package.module:factory")
     if denoiser is not None and denoiser.lower() != "none":
         source.unet, source.scheduler, files = load_denoiser(Path(denoiser))
         source.intake["denoiser"] = "diffusers directory"
@@ -187,10 +139,67 @@ def load_source(model_dir: Path, *, segmenter: str | None = None, weights: Path 
     from ..io import check_image_size
 
     check_image_size(source.height, source.width, what="--image-size", fix="choose a smaller --image-size")
-    if source.segmenter is not None:  # the class names must match what the segmenter outputs
-        with torch.inference_mode():
-            got = source.segmenter(torch.zeros(1, source.channels, source.height, source.width)).shape[1]
+    if onnx_file is not None:
+        _check_onnx_segmenter(source, onnx_file)
+    elif source.segmenter is not None:  # the class names must match what the segmenter outputs
+        got = probe_segmenter(source.segmenter, source.channels, source.height, source.width,
+                              what=f"the segmenter {source.segmenter_file or segmenter or 'of ' + str(model_dir)}")
         if got != len(source.classes):
             raise CertsegError(f"the segmenter outputs {got} classes but {len(source.classes)} class names are "
                                f"given; pass --classes with {got} names")
     return source
+
+
+def _segmenter_route(source: SourceModel, segmenter: str, weights: Path | None, kwargs: dict | None):
+    """(torch module or None, files to hash, ONNX file or None) for --segmenter; records the route in intake."""
+    path = Path(segmenter)
+    if path.suffix.lower() == ".onnx":
+        from .intake.onnx_file import load_onnx_segmenter
+
+        onnx_file = load_onnx_segmenter(path)
+        source.segmenter_onnx = source.segmenter_file = path
+        source.intake = {"segmenter": "onnx", "opset": onnx_file.opset, "external_data": onnx_file.external_files,
+                         "batch": onnx_file.batch or "dynamic"}
+        files = {"segmenter.onnx": path} | {f"segmenter.onnx:{n}": path.parent / n for n in onnx_file.external_files}
+        module = None
+    elif path.is_file():
+        if weights is not None or kwargs:
+            raise CertsegError(f"--segmenter {path} is a file; --segmenter-weights and --segmenter-kwargs are for a "
+                               f"factory (--segmenter package.module:factory)")
+        module, onnx_file = load_torchscript(path), None
+        source.segmenter_file = path
+        files = {"segmenter.torchscript": path}
+        source.intake = {"segmenter": "torchscript"}
+    elif FACTORY_SPEC.fullmatch(segmenter):
+        load_factory(segmenter)  # importable first: that is the first thing to fix
+        if weights is None:
+            raise CertsegError(f"--segmenter {segmenter} is a factory: give its weights with --segmenter-weights "
+                               f"(safetensors, or a torch state dict {'/'.join(TORCH_SUFFIXES)})")
+        module = build_from_factory(segmenter, kwargs)
+        module, layout = load_weights_into(module, Path(weights), f"the segmenter {segmenter}(**{kwargs or {}})")
+        module, onnx_file = module.eval(), None
+        suffix = Path(weights).suffix.lower()
+        files = {"segmenter.safetensors" if suffix == ".safetensors" else f"segmenter{suffix}": Path(weights)}
+        source.intake = {"segmenter": f"factory {segmenter}", "kwargs": kwargs or {}, "weights": layout}
+    elif path.suffix:
+        raise CertsegError(f"--segmenter {segmenter} does not exist")
+    else:
+        raise CertsegError(f"--segmenter {segmenter} is neither a file nor 'package.module:factory'")
+    return module, files, onnx_file
+
+
+def _check_onnx_segmenter(source: SourceModel, seg) -> None:
+    """What the ONNX graph declares against the engine being built: classes, channels, a fixed image size."""
+    name = seg.path
+    if seg.classes is not None and seg.classes != len(source.classes):
+        raise CertsegError(f"ONNX segmenter {name} outputs {seg.classes} classes but {len(source.classes)} class "
+                           f"names are given; pass --classes with {seg.classes} names")
+    if seg.channels is not None and seg.channels != source.channels:
+        raise CertsegError(f"ONNX segmenter {name} takes {seg.channels}-channel images, but the model's input has "
+                           f"{source.channels} channel(s); give a segmenter for {source.channels}-channel images, "
+                           f"or a --model whose input has {seg.channels} channels")
+    if seg.fixed_size is not None and seg.fixed_size != (source.height, source.width):
+        h, w = seg.fixed_size
+        raise CertsegError(f"ONNX segmenter {name} takes {h}x{w} images (fixed in the graph), but the engine is "
+                           f"built for {source.height}x{source.width}; pass --image-size {h}x{w}, or export it "
+                           f"with dynamic height and width")

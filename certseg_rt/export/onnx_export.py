@@ -10,15 +10,13 @@ built-in parity check decides whether its graph is accepted either way.
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .. import __version__, kernels
+from .. import __version__
 from ..errors import CertsegError
 from .denoise_segment import DenoiseSegment, OneStepDenoiser
 from .loaders import SourceModel
@@ -35,6 +33,8 @@ class ExportedGraphs:
     denoiser: Path | None  # x_noisy -> denoised x in [0, 1]
     metadata: dict
     parity: dict
+    fixed_batch: int | None = None  # the graphs take exactly this batch (a fixed batch in the segmenter's graph)
+    made: dict = field(default_factory=dict)  # graph -> how it was made (exporter, opset, conversions)
 
 
 def _export(module: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str,
@@ -84,45 +84,13 @@ def graph_metadata(source: SourceModel, sigma: float) -> dict:
     }
 
 
-def parity_inputs(source: SourceModel, sigma: float, count: int, seed: int = 20240) -> np.ndarray:
-    """Noisy held-out phantoms, noised with the project's keyed noise: what the graph sees when certifying."""
-    from ..data import HELD_OUT_SEEDS
-
-    out = np.empty((count, source.channels, source.height, source.width), np.float32)
-    for i in range(count):
-        kernels.fill_noisy(source.phantom(HELD_OUT_SEEDS[500 + i // 4]).image, sigma, seed, i, out=out[i:i + 1])
-    return out
-
-
-def check_parity(source: SourceModel, sigma: float, fused: Path, segmenter: Path, denoiser: Path | None,
-                 count: int = 16, min_agreement: float = 0.999) -> dict:
-    """Run the exported graphs with ONNX Runtime next to torch on noisy phantoms."""
-    import onnxruntime as ort
-
-    x = parity_inputs(source, sigma, count)
-    run = lambda path, inp: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
-        None, {INPUT_NAME: inp})[0]
-    with torch.inference_mode():
-        torch_labels = source.denoise_segment(sigma)(torch.from_numpy(x)).numpy()
-        step = source.one_step(sigma)
-        denoised = OneStepDenoiser(source.unet, step)(torch.from_numpy(x)) if step else torch.from_numpy(x)
-        torch_logits = source.segmenter(denoised).numpy()
-    onnx_labels = run(fused, x)
-    agreement = float(np.mean(onnx_labels == torch_labels))
-    parity = {"inputs": f"{count} noisy held-out phantoms at sigma={sigma}", "label_agreement": agreement,
-              "logits_max_abs_diff": float(np.abs(run(segmenter, denoised.numpy()) - torch_logits).max())}
-    if denoiser is not None:
-        parity["denoised_max_abs_diff"] = float(np.abs(run(denoiser, x) - denoised.numpy()).max())
-    if agreement < min_agreement:
-        raise CertsegError(f"the engine's graph agrees with torch on only {agreement:.4%} of pixels "
-                           f"(need {min_agreement:.1%}); try another --exporter or --precision, or --force to "
-                           f"accept it (it is certified as itself either way)")
-    return parity
-
-
 def export_onnx(source: SourceModel, sigma: float, out_dir: Path, *, exporter: str = "torchscript",
-                parity: bool = True) -> ExportedGraphs:
-    """Write model.onnx (fused, labels), segmenter.onnx and (with a denoiser) denoiser.onnx into out_dir."""
+                parity: bool = True, batch: int = 16, log=None) -> ExportedGraphs:
+    """Write model.onnx (fused, labels), segmenter.onnx and (with a denoiser) denoiser.onnx into out_dir.
+
+    batch: the batch of a graph that can only be exported with a fixed one (a TorchScript segmenter the
+    TorchScript-based exporter fails on); log: where notes about the export go (stderr in the CLI).
+    """
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -136,47 +104,29 @@ def export_onnx(source: SourceModel, sigma: float, out_dir: Path, *, exporter: s
         den = _export(OneStepDenoiser(source.unet, step), example, out_dir / "denoiser.onnx", INPUT_NAME,
                       "denoised", exporter, {**meta, "graph": "x_noisy -> one-step DDPM denoised x in [0, 1]"})
     fused_meta = {**meta, "graph": "x_noisy -> one-step denoise -> segmenter -> argmax labels"}
+    made = {"denoiser": {"exporter": exporter, "opset": OPSET}} if den is not None else {}
+    fixed = None
     if source.segmenter_onnx is not None or isinstance(source.segmenter, torch.jit.ScriptModule):
         # A segmenter torch cannot trace into a larger graph (ONNX, TorchScript): export or copy it alone
         # and compose the fused graph at the ONNX level.
-        from .onnx_compose import compose_fused
+        from .onnx_compose import export_composed
 
-        seg = out_dir / "segmenter.onnx"
-        if source.segmenter_onnx is not None:
-            shutil.copyfile(source.segmenter_onnx, seg)
-        else:
-            _export(source.segmenter, example, seg, INPUT_NAME, "logits", "torchscript",
-                    {**meta, "graph": "x -> segmenter logits"})
-        fused = _with_metadata(compose_fused(seg, den, out_dir / "model.onnx", INPUT_NAME), fused_meta)
+        fused, seg, parts, fixed = export_composed(source, out_dir, den, meta, fused_meta, input_name=INPUT_NAME,
+                                                   batch=batch, log=log or (lambda m: None))
+        made.update(parts)
     else:
         fused = _export(source.denoise_segment(sigma), example, out_dir / "model.onnx", INPUT_NAME, "labels",
                         exporter, fused_meta)
         seg = _export(DenoiseSegment(source.segmenter, None, output="logits"), example, out_dir / "segmenter.onnx",
                       INPUT_NAME, "logits", exporter, {**meta, "graph": "x -> segmenter logits"})
-    graphs = ExportedGraphs(fused=fused, segmenter=seg, denoiser=den, metadata=meta, parity={"skipped": True})
+        made.update({"segmenter": {"exporter": exporter, "opset": OPSET}, "fused": {"exporter": exporter,
+                                                                                     "opset": OPSET}})
+    graphs = ExportedGraphs(fused=fused, segmenter=seg, denoiser=den, metadata=meta, parity={"skipped": True},
+                            fixed_batch=fixed, made=made)
     if parity:
         graphs.parity = check_graphs(source, sigma, graphs)
     return graphs
 
 
-def check_graphs(source: SourceModel, sigma: float, graphs: ExportedGraphs, min_agreement: float = 0.999) -> dict:
-    """Parity of exported graphs: against torch, or (ONNX segmenter) against the graphs run separately."""
-    if source.segmenter_onnx is None:
-        return check_parity(source, sigma, graphs.fused, graphs.segmenter, graphs.denoiser,
-                            min_agreement=min_agreement)
-    from .onnx_compose import composition_parity
-
-    x = parity_inputs(source, sigma, 8)
-    report = {"inputs": f"8 noisy held-out phantoms at sigma={sigma}",
-              **composition_parity(graphs.fused, graphs.segmenter, graphs.denoiser, x)}
-    if graphs.denoiser is not None:
-        import onnxruntime as ort
-
-        with torch.inference_mode():
-            ref = OneStepDenoiser(source.unet, source.one_step(sigma))(torch.from_numpy(x)).numpy()
-        got = ort.InferenceSession(str(graphs.denoiser), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: x})[0]
-        report["denoised_max_abs_diff"] = float(np.abs(got - ref).max())
-    if report["label_agreement_with_separate_graphs"] < min_agreement:
-        raise CertsegError(f"composed graph agrees with the separate graphs on only "
-                           f"{report['label_agreement_with_separate_graphs']:.4%} of pixels; report the model")
-    return report
+# Parity has its own module; builders and tests import these names from here too.
+from .parity import check_graphs, parity_inputs  # noqa: F401

@@ -50,6 +50,7 @@ class GraphBackend:
     """Base for backends that only run a graph: subclasses implement ``infer`` (and set the attributes)."""
 
     name = "graph"
+    fixed_batch = False  # the engine takes exactly batch_size samples per call: a partial batch is padded up
 
     def __init__(self, *, sigma: float, num_classes: int, channels: int, size_multiple: int, batch_size: int):
         if batch_size < 1:
@@ -84,8 +85,10 @@ class GraphBackend:
         noisy = self._buffer(x.shape)
         for start in range(0, num, self.batch_size):
             b = min(self.batch_size, num - start)
-            _kernels.fill_noisy(x, self.sigma, seed, offset + start, noisy[:b])
-            _kernels.accumulate_votes(self.infer(noisy[:b]), counts)
+            # A fixed-batch engine gets the last batch padded with the stream's next samples, whose labels are dropped.
+            run = self.batch_size if self.fixed_batch else b
+            _kernels.fill_noisy(x, self.sigma, seed, offset + start, noisy[:run])
+            _kernels.accumulate_votes(self.infer(noisy[:run])[:b], counts)
             if self.progress is not None:
                 self.progress(b)
         return counts

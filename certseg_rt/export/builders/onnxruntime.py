@@ -31,16 +31,41 @@ def check_request(precision: str, options: dict) -> None:
 def optimise_offline(path: Path, threads: int) -> dict:
     """Apply ONNX Runtime's basic (portable, hardware-independent) graph optimisations offline, in place.
 
-    Extended and layout optimisations depend on the machine that runs them, so they stay online.
+    Extended and layout optimisations depend on the machine that runs them, so they stay online.  A graph
+    with external data keeps it external, under the same file name.
     """
+    import shutil
+    import tempfile
+
     import onnxruntime as ort
+
+    from ...errors import CertsegError
+    from ..intake.onnx_file import external_data_names
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    tmp = path.with_suffix(".opt.onnx")
-    so.optimized_model_filepath = str(tmp)
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    os.replace(tmp, path)
+    so.log_severity_level = 4  # a failure is raised as one line below, not logged to the terminal
+    external = external_data_names(path)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.opt-", dir=path.parent))
+    so.optimized_model_filepath = str(work / path.name)
+    if external:
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", external[0])
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    try:
+        try:
+            ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime's Fail/InvalidGraph/NotImplemented
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise CertsegError(f"ONNX Runtime {ort.__version__} cannot load the graph {path.name} ({first}); "
+                               f"re-export the model at an opset this ONNX Runtime supports")
+        # The session is gone, so its input files can be replaced.
+        written = external_data_names(work / path.name)
+        for name in set(external) - set(written):
+            (path.parent / name).unlink(missing_ok=True)
+        for name in [*written, path.name]:
+            os.replace(work / name, path.parent / name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return {"offline": "basic", "online": "all", "intra_op_num_threads": threads, "inter_op_num_threads": 1,
             "execution_mode": "sequential"}
 
@@ -65,12 +90,17 @@ def build(stage: Path, graphs, *, source, sigma, precision, batch_sizes, threads
         from ..quantize import quantize_int8
 
         log("quantising to int8 (static, calibrated on noisy phantoms)")
-        quantisation = quantize_int8(graphs.fused, parity_inputs(source, sigma, 32, seed=7), INPUT_NAME)
+        # calibration batches inside the engine's batch range (a fixed-batch graph takes only its batch)
+        calibration_batch = min(max(4, batch_sizes[0]), batch_sizes[2])
+        count = -(-32 // calibration_batch) * calibration_batch
+        quantisation = quantize_int8(graphs.fused, parity_inputs(source, sigma, count, seed=7), INPUT_NAME,
+                                     batch=calibration_batch)
     report = {"skipped": True}
     if parity:
         log("checking parity with torch on noisy phantoms")
         floor = 0.0 if force else (0.999 if precision == "fp32" else 0.99)
-        report = check_graphs(source, sigma, graphs, min_agreement=floor)
+        report = check_graphs(source, sigma, graphs, min_agreement=floor, batch_sizes=batch_sizes,
+                              memory_budget=options.get("memory_budget"))
     return {"graphs": {"fused": graphs.fused.name, "segmenter": graphs.segmenter.name},
             "onnxruntime": settings, "quantisation": quantisation, "parity": report,
             "tools": {"onnxruntime": onnxruntime.__version__}}

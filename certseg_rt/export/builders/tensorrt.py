@@ -288,8 +288,6 @@ def agreement_vs_onnxruntime(engine, onnx_fp32, inputs: np.ndarray, *, batch_siz
     engine: a path to model.engine, or a deserialized ``ICudaEngine``.  inputs: float32 (N, C, H, W),
     typically noisy phantoms (``onnx_export.parity_inputs``).
     """
-    import onnxruntime as ort
-
     from ...runtime.backends.tensorrt import TensorRTBackend, capturing_logger, import_tensorrt
 
     trt = trt or import_tensorrt()
@@ -310,8 +308,10 @@ def agreement_vs_onnxruntime(engine, onnx_fp32, inputs: np.ndarray, *, batch_siz
     with TensorRTBackend(engine, trt=trt, keep_alive=keep, sigma=0.0, num_classes=1, channels=c, height=h, width=w,
                          batch_size=batch, cuda_graph=False) as backend:
         got = backend.infer(inputs)
-    session = ort.InferenceSession(str(onnx_fp32), providers=["CPUExecutionProvider"])
-    ref = session.run(None, {session.get_inputs()[0].name: inputs})[0]
+    from ..parity import BatchPlan, onnx_runner
+
+    # the reference in the engine's batch range and the default memory budget (export.parity), never all at once
+    ref = BatchPlan.for_engine((lo[0], opt[0], hi[0])).run("onnxruntime fp32", onnx_runner(onnx_fp32), inputs)
     return float(np.mean(got == ref))
 
 
@@ -358,14 +358,20 @@ def build(stage: Path, graphs, *, source, sigma, precision, batch_sizes, threads
     from ..onnx_export import check_graphs, parity_inputs
     from .onnxruntime import optimise_graphs
 
+    if getattr(graphs, "fixed_batch", None) not in (None, 1):
+        # The device loop runs a call's last, partial batch at its own size, which a fixed-batch engine refuses.
+        raise CertsegError(f"the segmenter graph has a fixed batch of {graphs.fixed_batch}, which --backend tensorrt "
+                           f"cannot run yet; export the segmenter with a dynamic batch dimension (or batch 1)")
     settings = optimise_graphs(graphs, threads, log)  # the ONNX graphs beside the engine run on ONNX Runtime
     report = {"skipped": True}
     if parity:
         log("checking parity with torch on noisy phantoms")
-        report = check_graphs(source, sigma, graphs, min_agreement=0.0 if force else 0.999)
+        report = check_graphs(source, sigma, graphs, min_agreement=0.0 if force else 0.999, batch_sizes=batch_sizes,
+                              memory_budget=(options or {}).get("memory_budget"))
     opts = dict(options or {})
     opts.setdefault("timing_cache_path", default_timing_cache(options.get("out")) if options.get("out") else None)
     opts.pop("out", None)
+    opts.pop("memory_budget", None)
     meta = graphs.metadata["input"]
     fields = build_tensorrt_stage(graphs.fused, stage, inputs=parity_inputs(source, sigma, 16), precision=precision,
                                   input_shape=(meta["channels"], meta["height"], meta["width"]),

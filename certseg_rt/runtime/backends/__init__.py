@@ -50,8 +50,11 @@ def open_engine(engine_dir: Path, manifest: dict, *, batch_size: int | None = No
 
 
 def engine_batch_size(manifest: dict, batch_size: int | None) -> int:
-    """The batch size to run: the requested one inside the engine's range, or the engine's optimum."""
+    """The batch size to run: the requested one inside the engine's range, or the engine's optimum.  An engine
+    built for a fixed batch runs that batch whatever is asked (the counts do not depend on the batch size)."""
     sizes = manifest["batch_sizes"]
+    if sizes.get("fixed"):
+        return sizes["opt"]
     batch = batch_size or sizes["opt"]
     if not sizes["min"] <= batch <= sizes["max"]:
         raise CertsegError(f"batch size {batch} is outside the engine's range {sizes['min']}..{sizes['max']}")

@@ -136,8 +136,11 @@ class OnnxSegmenter:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         if self._session is None:
             self._session = make_session(self.path)
-        x = check_input(image, self.channels)
-        logits = self._session.run(None, {self._session.get_inputs()[0].name: x[None]})[0]
+        x = check_input(image, self.channels)[None]
+        batch = self._session.get_inputs()[0].shape[0]
+        if isinstance(batch, int) and batch > 1:  # a fixed-batch graph: run the image with copies of itself
+            x = np.repeat(x, batch, axis=0)
+        logits = self._session.run(None, {self._session.get_inputs()[0].name: x})[0]
         return np.argmax(logits[0], axis=0).astype(np.uint8)
 
 
@@ -158,5 +161,6 @@ def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, pr
     backend = OnnxRuntimeBackend(session, sigma=manifest["sigma"], num_classes=len(manifest["classes"]),
                                  channels=inp["channels"], height=inp["height"], width=inp["width"],
                                  batch_size=batch, provider=provider)
+    backend.fixed_batch = bool(manifest["batch_sizes"].get("fixed"))
     backend.segment = OnnxSegmenter(segmenter, inp["channels"])
     return backend
