@@ -109,12 +109,12 @@ def build_engine(source: SourceModel, sigma: float, out: Path, *, backend: str =
             "backend": backend,
             "precision": precision,
             "sigma": sigma,
-            "denoiser": None if graphs.metadata["timestep"] is None else {
-                "timestep": graphs.metadata["timestep"], "alpha_bar": graphs.metadata["alpha_bar"],
-                "graph": graphs.denoiser.name},
+            "denoiser": None if graphs.metadata["denoiser"] is None else {
+                **graphs.metadata["denoiser"], "graph": graphs.denoiser.name},
             "classes": source.classes,
             "modality": source.modality,
             "input": graphs.metadata["input"],
+            "adapter": graphs.metadata["adapter"],  # image -> noise space (adapters.py); null: none
             "batch_sizes": {"min": lo, "opt": opt, "max": hi},
             "exporter": exporter,
             "source_model_files": hash_files(source.files),

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..adapters import Replicate, adapter_for
 from ..diffusion import OneStepDenoise, timestep_for_sigma
 from ..errors import CertsegError
 from .denoise_segment import DenoiseSegment, OneStepDenoiser
-from .denoisers import load_denoiser
+from .denoisers import DenoiserSpec, denoiser_spec, load_denoiser, size_multiple_with
 
 
 @dataclass
@@ -35,6 +35,7 @@ class SourceModel:
     segmenter_onnx: Path | None = None  # a user's ONNX segmenter (then `segmenter` is None: torch cannot run it)
     intake: dict = field(default_factory=dict)  # how the model was brought in (for the manifest)
     modality: str | None = None  # the phantom modality it was trained on (data.modalities), if any
+    notes: list[str] = field(default_factory=list)  # remarks for stderr that change nothing certified
 
     def phantom(self, seed: int):
         """A phantom of the model's modality at its input size (image (C, H, W), mask): parity, calibration
@@ -52,18 +53,41 @@ class SourceModel:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def denoiser_spec(self) -> DenoiserSpec | None:
+        return None if self.unet is None else denoiser_spec(self.unet, self.scheduler)
+
+    @property
+    def noise_channels(self) -> int:
+        """The channels of the space the noise is added in (the fused graph's input): the denoiser's."""
+        spec = self.denoiser_spec
+        return self.channels if spec is None else spec.channels
+
+    @property
+    def adapter(self) -> Replicate | None:
+        """The map from the image (`channels`) to the noise space (`noise_channels`), if they differ."""
+        return adapter_for(self.channels, self.noise_channels if self.unet is not None else None, self.channels)
+
     def one_step(self, sigma: float) -> OneStepDenoise | None:
         if self.scheduler is None:
             return None
-        return timestep_for_sigma(self.scheduler.alphas_cumprod.numpy(), sigma)
+        return timestep_for_sigma(self.scheduler.alphas_cumprod.numpy(), sigma,
+                                  prediction_type=self.denoiser_spec.prediction_type)
+
+    def one_step_denoiser(self, sigma: float) -> OneStepDenoiser | None:
+        """x_noisy (noise space) -> denoised x as the segmenter takes it."""
+        step = self.one_step(sigma)
+        return None if step is None else OneStepDenoiser(self.unet, step, average_channels=self.adapter is not None)
+
+    def check_channels(self, segmenter_channels: int | None = None) -> Replicate | None:
+        """Images, denoiser and segmenter channels, compared before any export: the adapter, or one line."""
+        return adapter_for(self.channels, None if self.unet is None else self.noise_channels, segmenter_channels)
 
     def denoise_segment(self, sigma: float, output: str = "labels") -> DenoiseSegment:
         if self.segmenter is None:
             raise CertsegError("the segmenter is an ONNX file, which torch cannot run: build an engine "
                                "(certseg-rt build-engine --segmenter FILE.onnx) and certify with --engine")
-        step = self.one_step(sigma)
-        denoiser = OneStepDenoiser(self.unet, step) if step is not None else None
-        return DenoiseSegment(self.segmenter, denoiser, output=output).eval()
+        return DenoiseSegment(self.segmenter, self.one_step_denoiser(sigma), output=output).eval()
 
 
 def load_factory(spec: str):
@@ -117,8 +141,8 @@ def load_model_dir(path: Path, denoiser: bool = True) -> SourceModel:
     if denoiser and (path / "denoiser").is_dir():
         model.unet, model.scheduler, files = load_denoiser(path / "denoiser")
         model.files.update(files)
-        down = 2 ** (len(model.unet.config.block_out_channels) - 1)
-        model.size_multiple = math.lcm(model.size_multiple, down)
+        model.size_multiple = size_multiple_with(model.size_multiple, model.denoiser_spec)
+        model.check_channels()
     return model
 
 
@@ -140,6 +164,7 @@ def load_source(model_dir: Path, *, segmenter: str | None = None, weights: Path 
     smoothing.  classes / image_size override the model directory's.
     """
     source = load_model_dir(model_dir, denoiser=denoiser is None)
+    segmenter_channels = None  # the model directory's own segmenter takes its images' channels
     if segmenter is not None:
         if Path(segmenter).suffix.lower() == ".onnx":
             from .onnx_compose import segmenter_signature
@@ -151,14 +176,13 @@ def load_source(model_dir: Path, *, segmenter: str | None = None, weights: Path 
             if num_classes is not None and num_classes != len(names):
                 raise CertsegError(f"ONNX segmenter {segmenter} outputs {num_classes} classes but {len(names)} class "
                                    f"names are given; pass --classes with {num_classes} names")
-            if channels is not None and channels != source.channels:
-                raise CertsegError(f"ONNX segmenter {segmenter} takes {channels} channels, the model directory "
-                                   f"{source.channels}")
+            segmenter_channels = channels
             module, files = None, {"segmenter.onnx": Path(segmenter)}
             source.segmenter_onnx = Path(segmenter)
             source.intake = {"segmenter": "onnx"}
         elif Path(segmenter).is_file():
             module = load_torchscript(Path(segmenter))
+            segmenter_channels = module_in_channels(module)
             files = {"segmenter.torchscript": Path(segmenter)}
             source.intake = {"segmenter": "torchscript"}
         elif ":" in segmenter:
@@ -166,6 +190,7 @@ def load_source(model_dir: Path, *, segmenter: str | None = None, weights: Path 
             if weights is None:
                 raise CertsegError(f"--segmenter {segmenter} is a factory: give its weights with --segmenter-weights")
             module = load_safetensors_into(factory(**(kwargs or {})), Path(weights)).eval()
+            segmenter_channels = module_in_channels(module)
             files = {"segmenter.safetensors": Path(weights)}
             source.intake = {"segmenter": f"factory {segmenter}", "kwargs": kwargs or {}}
         else:
@@ -176,6 +201,8 @@ def load_source(model_dir: Path, *, segmenter: str | None = None, weights: Path 
         source.unet, source.scheduler, files = load_denoiser(Path(denoiser))
         source.intake["denoiser"] = "diffusers directory"
         source.files = {k: v for k, v in source.files.items() if not k.startswith("denoiser/")} | files
+        source.size_multiple = size_multiple_with(source.size_multiple, source.denoiser_spec)
+    source.check_channels(segmenter_channels)  # before any export: one line naming all three counts
     if classes is not None:
         source.classes = list(classes)
     if image_size is not None:
@@ -187,6 +214,8 @@ def load_source(model_dir: Path, *, segmenter: str | None = None, weights: Path 
     from ..io import check_image_size
 
     check_image_size(source.height, source.width, what="--image-size", fix="choose a smaller --image-size")
+    if source.unet is not None:
+        source.notes += [n for n in denoiser_notes(source) if n not in source.notes]
     if source.segmenter is not None:  # the class names must match what the segmenter outputs
         with torch.inference_mode():
             got = source.segmenter(torch.zeros(1, source.channels, source.height, source.width)).shape[1]
@@ -194,3 +223,23 @@ def load_source(model_dir: Path, *, segmenter: str | None = None, weights: Path 
             raise CertsegError(f"the segmenter outputs {got} classes but {len(source.classes)} class names are "
                                f"given; pass --classes with {got} names")
     return source
+
+
+def module_in_channels(module: torch.nn.Module) -> int | None:
+    """The input channels of a segmenter read off its first 4-D weight (a Conv2d's (out, in, kh, kw)), or
+    None when it has none; the probe in ``load_source`` runs it to be sure."""
+    for p in module.parameters():
+        if p.ndim == 4:
+            return int(p.shape[1])
+    return None
+
+
+def denoiser_notes(source: SourceModel) -> list[str]:
+    """Lines for stderr about a denoiser that builds but differs from what it was made for."""
+    spec, config = source.denoiser_spec, source.scheduler.config
+    notes = [n for n in [spec.size_note(source.height, source.width)] if n]
+    if config.get("thresholding") or not config.get("clip_sample", True) or config.get("clip_sample_range", 1.0) != 1:
+        notes.append(f"the scheduler's x0 handling (clip_sample {config.get('clip_sample')}, clip_sample_range "
+                     f"{config.get('clip_sample_range')}, thresholding {config.get('thresholding')}) is not "
+                     f"applied: the one-step x0 is clipped to [-1, 1], the segmenter's [0, 1] input range")
+    return notes

@@ -20,12 +20,13 @@ import torch
 
 from .. import __version__, kernels
 from ..errors import CertsegError
-from .denoise_segment import DenoiseSegment, OneStepDenoiser
+from .denoise_segment import DenoiseSegment
 from .loaders import SourceModel
 
 OPSET = 17
 EXPORTERS = ("torchscript", "dynamo")
 INPUT_NAME = "x_noisy"
+GRAPH_FILES = ("model.onnx", "segmenter.onnx", "denoiser.onnx")  # what export_onnx writes
 
 
 @dataclass
@@ -72,15 +73,23 @@ def _with_metadata(path: Path, metadata: dict) -> Path:
 
 def graph_metadata(source: SourceModel, sigma: float) -> dict:
     step = source.one_step(sigma)
+    adapter = source.adapter
     return {
         "certseg_rt": __version__,
         "sigma": sigma,
         "timestep": None if step is None else step.timestep,
         "alpha_bar": None if step is None else step.alpha_bar,
+        # The manifest's field denoiser: what the one-step graph does (prediction type, learned variance,
+        # the size it was trained at next to the engine's).
+        "denoiser": None if step is None else {
+            "timestep": step.timestep, "alpha_bar": step.alpha_bar, "timestep_mismatch": step.mismatch,
+            **source.denoiser_spec.describe()},
         "classes": source.classes,
-        "input": {"channels": source.channels, "height": source.height, "width": source.width,
+        # The noise space: the denoiser's channels (with an adapter, the image's replicated into them).
+        "input": {"channels": source.noise_channels, "height": source.height, "width": source.width,
                   "range": [0.0, 1.0], "size_multiple": source.size_multiple,
                   "normalisation": "x in [0, 1]; noise added in this range; denoiser maps to [-1, 1] inside"},
+        "adapter": None if adapter is None else adapter.describe(),
     }
 
 
@@ -88,9 +97,11 @@ def parity_inputs(source: SourceModel, sigma: float, count: int, seed: int = 202
     """Noisy held-out phantoms, noised with the project's keyed noise: what the graph sees when certifying."""
     from ..data import HELD_OUT_SEEDS
 
-    out = np.empty((count, source.channels, source.height, source.width), np.float32)
+    adapter = source.adapter  # noise in the noise space: the phantom replicated into the denoiser's channels
+    out = np.empty((count, source.noise_channels, source.height, source.width), np.float32)
     for i in range(count):
-        kernels.fill_noisy(source.phantom(HELD_OUT_SEEDS[500 + i // 4]).image, sigma, seed, i, out=out[i:i + 1])
+        image = source.phantom(HELD_OUT_SEEDS[500 + i // 4]).image
+        kernels.fill_noisy(image if adapter is None else adapter.image(image), sigma, seed, i, out=out[i:i + 1])
     return out
 
 
@@ -104,8 +115,8 @@ def check_parity(source: SourceModel, sigma: float, fused: Path, segmenter: Path
         None, {INPUT_NAME: inp})[0]
     with torch.inference_mode():
         torch_labels = source.denoise_segment(sigma)(torch.from_numpy(x)).numpy()
-        step = source.one_step(sigma)
-        denoised = OneStepDenoiser(source.unet, step)(torch.from_numpy(x)) if step else torch.from_numpy(x)
+        one_step = source.one_step_denoiser(sigma)
+        denoised = one_step(torch.from_numpy(x)) if one_step is not None else torch.from_numpy(x)
         torch_logits = source.segmenter(denoised).numpy()
     onnx_labels = run(fused, x)
     agreement = float(np.mean(onnx_labels == torch_labels))
@@ -129,13 +140,17 @@ def export_onnx(source: SourceModel, sigma: float, out_dir: Path, *, exporter: s
     except OSError as e:
         raise CertsegError(f"cannot write to {out_dir}: {e.strerror}; choose a writable --out")
     meta = graph_metadata(source, sigma)
-    example = torch.rand(2, source.channels, source.height, source.width)
+    example = torch.rand(2, source.noise_channels, source.height, source.width)  # x_noisy, in the noise space
+    image_example = torch.rand(2, source.channels, source.height, source.width)  # what the segmenter takes
     den = None
-    step = source.one_step(sigma)
-    if step is not None:
-        den = _export(OneStepDenoiser(source.unet, step), example, out_dir / "denoiser.onnx", INPUT_NAME,
-                      "denoised", exporter, {**meta, "graph": "x_noisy -> one-step DDPM denoised x in [0, 1]"})
+    denoiser = source.one_step_denoiser(sigma)
+    if denoiser is not None:
+        what = ("x_noisy -> one-step DDPM denoised x in [0, 1]" if meta["adapter"] is None else
+                "x_noisy (replicated gray) -> one-step DDPM denoised x in [0, 1], mean of its channels")
+        den = _export(denoiser, example, out_dir / "denoiser.onnx", INPUT_NAME, "denoised", exporter,
+                      {**meta, "graph": what})
     fused_meta = {**meta, "graph": "x_noisy -> one-step denoise -> segmenter -> argmax labels"}
+    seg_meta = {**meta, "graph": "x -> segmenter logits", "input": {**meta["input"], "channels": source.channels}}
     if source.segmenter_onnx is not None or isinstance(source.segmenter, torch.jit.ScriptModule):
         # A segmenter torch cannot trace into a larger graph (ONNX, TorchScript): export or copy it alone
         # and compose the fused graph at the ONNX level.
@@ -145,14 +160,13 @@ def export_onnx(source: SourceModel, sigma: float, out_dir: Path, *, exporter: s
         if source.segmenter_onnx is not None:
             shutil.copyfile(source.segmenter_onnx, seg)
         else:
-            _export(source.segmenter, example, seg, INPUT_NAME, "logits", "torchscript",
-                    {**meta, "graph": "x -> segmenter logits"})
+            _export(source.segmenter, image_example, seg, INPUT_NAME, "logits", "torchscript", seg_meta)
         fused = _with_metadata(compose_fused(seg, den, out_dir / "model.onnx", INPUT_NAME), fused_meta)
     else:
         fused = _export(source.denoise_segment(sigma), example, out_dir / "model.onnx", INPUT_NAME, "labels",
                         exporter, fused_meta)
-        seg = _export(DenoiseSegment(source.segmenter, None, output="logits"), example, out_dir / "segmenter.onnx",
-                      INPUT_NAME, "logits", exporter, {**meta, "graph": "x -> segmenter logits"})
+        seg = _export(DenoiseSegment(source.segmenter, None, output="logits"), image_example, out_dir / "segmenter.onnx",
+                      INPUT_NAME, "logits", exporter, seg_meta)
     graphs = ExportedGraphs(fused=fused, segmenter=seg, denoiser=den, metadata=meta, parity={"skipped": True})
     if parity:
         graphs.parity = check_graphs(source, sigma, graphs)
@@ -173,7 +187,7 @@ def check_graphs(source: SourceModel, sigma: float, graphs: ExportedGraphs, min_
         import onnxruntime as ort
 
         with torch.inference_mode():
-            ref = OneStepDenoiser(source.unet, source.one_step(sigma))(torch.from_numpy(x)).numpy()
+            ref = source.one_step_denoiser(sigma)(torch.from_numpy(x)).numpy()
         got = ort.InferenceSession(str(graphs.denoiser), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: x})[0]
         report["denoised_max_abs_diff"] = float(np.abs(got - ref).max())
     if report["label_agreement_with_separate_graphs"] < min_agreement:

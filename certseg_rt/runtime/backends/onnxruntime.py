@@ -143,6 +143,7 @@ class OnnxSegmenter:
 
 def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, provider: str = "cpu"):
     """An onnxruntime engine directory (manifest already checked) -> OnnxRuntimeBackend."""
+    from ...adapters import image_channels
     from . import engine_batch_size
 
     try:
@@ -158,5 +159,5 @@ def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, pr
     backend = OnnxRuntimeBackend(session, sigma=manifest["sigma"], num_classes=len(manifest["classes"]),
                                  channels=inp["channels"], height=inp["height"], width=inp["width"],
                                  batch_size=batch, provider=provider)
-    backend.segment = OnnxSegmenter(segmenter, inp["channels"])
+    backend.segment = OnnxSegmenter(segmenter, image_channels(manifest))  # the image as given (no adapter)
     return backend
