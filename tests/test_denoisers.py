@@ -294,6 +294,41 @@ def test_rgb_denoiser_in_front_of_a_users_onnx_or_torchscript_segmenter(engines,
     assert np.abs(ours - factory).sum() / ours.sum() < 1e-3
 
 
+def test_evaluate_with_a_replicating_engine_states_the_image_radius(engines, tmp_path):
+    """evaluate's record for a gray 48x48 image on the 32x32 RGB-denoiser engine: resize and replication
+    together, |A| = sqrt(3) |S|."""
+    from certseg_rt.data.phantom import HELD_OUT_SEEDS, make_phantom
+    from certseg_rt.evaluate import Sample, evaluate_sample
+    from certseg_rt.io import write_png
+    from certseg_rt.resize import fit_to_model
+    from certseg_rt.runtime.segmenter import CertifiedSegmenter
+
+    ph = make_phantom(HELD_OUT_SEEDS[2], size=48)
+    write_png(tmp_path / "a.png", (ph.image[0] * 255).round().astype(np.uint8))
+    write_png(tmp_path / "a_mask.png", ph.mask)
+    seg = CertifiedSegmenter.load(engines["sample-rgb"][0], batch_size=8)
+    rec = evaluate_sample(Sample("a", tmp_path / "a.png", tmp_path / "a_mask.png"), seg.backend, seg.segment,
+                          seg.classes, sigma=0.25, n0=4, n=16, tau=0.75, alpha=0.01, seed=0, correction="holm")
+    norm = fit_to_model(np.zeros((1, 48, 48)), (SIZE, SIZE)).resize_operator_norm
+    assert rec["input_size"] == "48x48" and 0 <= rec["clean_dice"] <= 1
+    assert rec["radius_at_input_resolution"] == pytest.approx(rec["radius"] / (SQRT3 * norm), rel=1e-9)
+
+
+def test_scheduler_settings_the_one_step_does_not_apply_are_noted(denoisers, tmp_path):
+    from certseg_rt.export.loaders import load_source
+    from certseg_rt.zoo import bundled_model_dir
+
+    d = shutil.copytree(denoisers["eps-learned-range"], tmp_path / "thresholding")
+    _edit_json(d / "scheduler" / "scheduler_config.json", thresholding=True)
+    source = load_source(bundled_model_dir("chest"), denoiser=str(d), image_size=(SIZE, SIZE))
+    assert len(source.notes) == 1 and "thresholding True) is not applied" in source.notes[0]
+    plain = str(denoisers["eps-learned-range"])
+    assert load_source(bundled_model_dir("chest"), denoiser=plain, image_size=(SIZE, SIZE)).notes == []
+    notes = load_source(bundled_model_dir("chest"), denoiser=plain, image_size=(64, 48)).notes
+    assert notes == ["the denoiser was trained at 32x32 (its sample_size) and the engine is built for 64x48: it runs "
+                     "at 64x48, where it may denoise less well; to build at the denoiser's size, add --image-size 32"]
+
+
 # ---------------------------------------------------------------------------------- what is refused
 
 
@@ -327,6 +362,8 @@ def _refusals(root, denoisers):
     ckpt = root / "model.pt"
     ckpt.write_bytes(b"\x80\x02junk")
     latent = save_denoiser(root / "latent", make_unet(in_channels=4), make_scheduler())
+    learned_t = copy("learned-time-embedding")
+    _edit_json(learned_t / "unet" / "config.json", time_embedding_type="learned", num_train_timesteps=100)
     deep = save_denoiser(root / "deep", diffusers.UNet2DModel(
         sample_size=32, in_channels=1, out_channels=1, block_out_channels=(4, 4, 4, 4, 4), norm_num_groups=4,
         layers_per_block=1, down_block_types=("DownBlock2D",) * 5, up_block_types=("UpBlock2D",) * 5,
@@ -342,6 +379,7 @@ def _refusals(root, denoisers):
         ("unet-alone", alone, [], "looks like a UNet saved alone; save it into"),
         ("checkpoint-file", ckpt, [], "import-denoiser guided-diffusion"),
         ("missing", root / "nowhere", [], "does not exist"),
+        ("learned-time-embedding", learned_t, [], "learned embeddings for 100 timesteps but its scheduler has 1000"),
         ("latent-4ch", latent, [], "the images have 1 channel(s), the denoiser takes 4, the segmenter takes 1"),
         ("gray-denoiser-rgb-images", denoisers["eps-learned-range"], ["--model", "skin"],
          "the images have 3 channel(s), the denoiser takes 1, the segmenter takes 3; give a denoiser with 3"),

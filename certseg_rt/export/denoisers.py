@@ -89,6 +89,10 @@ def inspect_denoiser(unet_config, scheduler_config, path: Path | str = "the deno
         raise CertsegError(f"denoiser {path}: the UNet has a Fourier time embedding (a score-SDE / VE model "
                            f"that takes noise levels, not DDPM timesteps): give a DDPM UNet2DModel "
                            f"(positional or learned time embedding) and its DDPMScheduler")
+    embeds, steps = unet_config.get("num_train_timesteps"), scheduler_config.get("num_train_timesteps", 1000)
+    if unet_config.get("time_embedding_type") == "learned" and embeds is not None and embeds < steps:
+        raise CertsegError(f"denoiser {path}: the UNet learned embeddings for {embeds} timesteps but its scheduler "
+                           f"has {steps}; save the scheduler it was trained with (num_train_timesteps {embeds})")
     levels = len(unet_config.get("block_out_channels") or ()) or 1
     return DenoiserSpec(channels=c_in, out_channels=c_out, prediction_type=prediction, variance_type=variance,
                         sample_size=_sample_size(unet_config.get("sample_size")),

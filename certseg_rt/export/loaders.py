@@ -182,7 +182,6 @@ def load_source(model_dir: Path, *, segmenter: str | None = None, weights: Path 
             source.intake = {"segmenter": "onnx"}
         elif Path(segmenter).is_file():
             module = load_torchscript(Path(segmenter))
-            segmenter_channels = module_in_channels(module)
             files = {"segmenter.torchscript": Path(segmenter)}
             source.intake = {"segmenter": "torchscript"}
         elif ":" in segmenter:
@@ -190,12 +189,13 @@ def load_source(model_dir: Path, *, segmenter: str | None = None, weights: Path 
             if weights is None:
                 raise CertsegError(f"--segmenter {segmenter} is a factory: give its weights with --segmenter-weights")
             module = load_safetensors_into(factory(**(kwargs or {})), Path(weights)).eval()
-            segmenter_channels = module_in_channels(module)
             files = {"segmenter.safetensors": Path(weights)}
             source.intake = {"segmenter": f"factory {segmenter}", "kwargs": kwargs or {}}
         else:
             raise CertsegError(f"--segmenter {segmenter} is neither a file nor 'package.module:factory'")
         source.segmenter = module
+        segmenter_channels = segmenter_channels or module_in_channels(module, source.channels, source.height,
+                                                                      source.width)
         source.files = {k: v for k, v in source.files.items() if not k.startswith("segmenter")} | files
     if denoiser is not None and denoiser.lower() != "none":
         source.unet, source.scheduler, files = load_denoiser(Path(denoiser))
@@ -225,13 +225,19 @@ def load_source(model_dir: Path, *, segmenter: str | None = None, weights: Path 
     return source
 
 
-def module_in_channels(module: torch.nn.Module) -> int | None:
-    """The input channels of a segmenter read off its first 4-D weight (a Conv2d's (out, in, kh, kw)), or
-    None when it has none; the probe in ``load_source`` runs it to be sure."""
-    for p in module.parameters():
-        if p.ndim == 4:
-            return int(p.shape[1])
-    return None
+def module_in_channels(module: torch.nn.Module | None, channels: int, height: int, width: int) -> int | None:
+    """The input channels of a torch segmenter, read off its first 4-D weight (a Conv2d's (out, in, kh, kw));
+    when that is not the images' `channels`, a run on them decides (a grouped first convolution reads
+    fewer).  None: not known."""
+    first = next((int(p.shape[1]) for p in module.parameters() if p.ndim == 4), None) if module is not None else None
+    if first is None or first == channels:
+        return first
+    try:
+        with torch.inference_mode():
+            module(torch.zeros(1, channels, height, width))
+        return channels
+    except Exception:  # any error of the user's module: its weight says what it takes
+        return first
 
 
 def denoiser_notes(source: SourceModel) -> list[str]:
