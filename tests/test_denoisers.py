@@ -383,7 +383,7 @@ def _refusals(root, denoisers):
         ("latent-4ch", latent, [], "the images have 1 channel(s), the denoiser takes 4, the segmenter takes 1"),
         ("gray-denoiser-rgb-images", denoisers["eps-learned-range"], ["--model", "skin"],
          "the images have 3 channel(s), the denoiser takes 1, the segmenter takes 3; give a denoiser with 3"),
-        ("size-multiple", deep, ["--image-size", "40"], "must be a multiple of 16"),
+        ("size-multiple", deep, ["--image-size", "40"], "must be a multiple of 16 for this model (its segmenter's and denoiser's downsampling); choose --image-size 48x48"),
     ]
 
 
