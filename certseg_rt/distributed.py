@@ -138,8 +138,10 @@ def engine_target(engine: Path, sigma: float | None, batch_size: int) -> Target:
     sizes = manifest["batch_sizes"]
     if not RUNNERS[kind].gpu and not sizes.get("fixed") and not sizes["min"] <= batch_size <= sizes["max"]:
         raise CertsegError(f"batch size {batch_size} is outside the engine's range {sizes['min']}..{sizes['max']}")
+    from .adapters import image_channels
+
     return Target("engine", str(Path(engine).resolve()), built, tuple(manifest["classes"]),
-                  int(manifest["input"]["channels"]), batch_size, gpu=RUNNERS[kind].gpu)
+                  image_channels(manifest), batch_size, gpu=RUNNERS[kind].gpu)
 
 
 def model_target(model_dir: Path, sigma: float, batch_size: int, denoiser: bool) -> Target:

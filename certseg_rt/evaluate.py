@@ -106,7 +106,7 @@ def evaluate_sample(sample: Sample, backend, clean_fn, classes, *, sigma, n0, n,
     if sample.mask is None:
         raise InputError(f"no mask for {sample.image.name} in masks/")
     mask = read_mask(sample.mask, len(classes), image.shape[1:])
-    fit = fit_to_model(image, getattr(backend, "input_size", None))
+    fit = fit_to_model(image, getattr(backend, "input_size", None), getattr(backend, "adapter", None))
     x = fit.image(image)
     clean = fit.labels_back(clean_fn(x))
     cert = certify(backend, x, n0=n0, n=n, tau=tau, alpha=alpha, seed=seed, correction=correction)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +52,35 @@ def atomic_path(path: Path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def staged_files(out: Path, replaces: tuple[str, ...] = ()):
+    """Yield an empty staging folder beside `out`; on success its files move into `out` (created if needed,
+    files of the same names replaced, and those named in `replaces` that the stage lacks removed, so no stale
+    file of an earlier run stays); on failure or interrupt it is removed and `out` is as it was."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CertsegError(f"--out {out} exists and is not a directory; choose another path")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    except OSError as e:
+        raise CertsegError(f"cannot write to {out.parent}: {e.strerror}; choose a writable --out")
+    try:
+        yield stage
+        try:
+            out.mkdir(exist_ok=True)
+            for name in replaces:
+                if not (stage / name).exists() and (out / name).is_file():
+                    (out / name).unlink()
+            for file in sorted(stage.iterdir()):
+                os.chmod(file, 0o666 & ~_UMASK)
+                os.replace(file, out / file.name)
+        except OSError as e:
+            raise CertsegError(f"cannot write to {out}: {e.strerror or e}; free space or choose another --out")
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_json(path: Path, data) -> None:

@@ -109,6 +109,9 @@ def _check_fields(m: dict, path: Path) -> None:
         bad("batch_sizes", "must give integers 1 <= min <= opt <= max")
     if not isinstance(m["tools"], dict):
         bad("tools", "must be an object")
+    from .adapters import adapter_from_manifest
+
+    adapter_from_manifest(m)  # field adapter: null, or a replication that fits input.channels
     graphs = m.get("graphs", {})
     # Only files whose hashes were checked may be loaded: every graph must be listed in files.
     if not isinstance(graphs, dict) or \

@@ -35,16 +35,18 @@ def export_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, classes, d
       certseg-rt export --out onnx/ --sigma 0.25
     """
     from ..export.build import explain_export_failure
-    from ..export.onnx_export import export_onnx
+    from ..export.onnx_export import GRAPH_FILES, export_onnx
+    from ..io import staged_files
 
     check_parameters(sigma=sigma)
     check_writable(out)
     source = load_source_from_options(model, segmenter, segmenter_weights, segmenter_kwargs, classes, denoiser, image_size)
     click.echo(f"exporting to {out} ({exporter})", err=True)
-    with explain_export_failure():
-        graphs = export_onnx(source, sigma, out, exporter=exporter, parity=not no_parity,
+    # A failed export (parity too) leaves no file; an export that replaces an earlier one leaves none of its files.
+    with staged_files(out, replaces=GRAPH_FILES) as stage, explain_export_failure():
+        graphs = export_onnx(source, sigma, stage, exporter=exporter, parity=not no_parity,
                              log=lambda m: click.echo(m, err=True))
-    result = {"graphs": [str(p) for p in (graphs.fused, graphs.segmenter, graphs.denoiser) if p],
+    result = {"graphs": [str(out / p.name) for p in (graphs.fused, graphs.segmenter, graphs.denoiser) if p],
               **graphs.metadata, "parity": graphs.parity}
     click.echo(json.dumps(result, indent=2) if as_json else
                f"wrote {', '.join(result['graphs'])}; parity: {json.dumps(graphs.parity)}")

@@ -52,7 +52,7 @@ def certify(image, model, engine, sigma, tau, alpha, n0, n, seed, batch_size, co
 
     backend, classes = open_backend(model, engine, sigma, batch_size)
     x = read_image(image, backend.channels, note=note)
-    fit = fit_to_model(x, backend.input_size)
+    fit = fit_to_model(x, backend.input_size, getattr(backend, "adapter", None))
     if fit.resized:
         note(f"{Path(image).name} is {fit.input_size[0]}x{fit.input_size[1]}: certified at the model's "
               f"{fit.model_size[0]}x{fit.model_size[1]}, mask mapped back by nearest neighbour")
@@ -69,7 +69,13 @@ def certify(image, model, engine, sigma, tau, alpha, n0, n, seed, batch_size, co
         click.echo(json.dumps(summary, indent=2))
     else:
         per_class = ", ".join(f"{k} {v}" for k, v in summary["certified_pixels"].items())
-        at_input = f" ({summary['radius_at_input_resolution']:.4f} at the image's resolution)" if fit.resized else ""
+        at_input = ""
+        if fit.adapter is not None:  # the radius holds in the noise space; the image's is R / |A|_2
+            at_input = (f" in the denoiser's {fit.adapter.channels}-channel noise space "
+                        f"({summary['radius_at_input_resolution']:.4f} in the {fit.adapter.image_channels}-channel "
+                        f"image{', at its resolution' if fit.resized else ''})")
+        elif fit.resized:
+            at_input = f" ({summary['radius_at_input_resolution']:.4f} at the image's resolution)"
         click.echo(f"{image}: radius {cert.radius:.4f}{at_input}, abstained {cert.abstain_fraction:.1%}, "
                    f"certified pixels: {per_class} ({cert.record['seconds']:.2f} s, {cert.record['backend']})")
 

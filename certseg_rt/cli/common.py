@@ -142,8 +142,11 @@ def load_source_from_options(model, segmenter, segmenter_weights, segmenter_kwar
         kwargs = json.loads(segmenter_kwargs) if segmenter_kwargs else None
     except json.JSONDecodeError as e:
         raise CertsegError(f"--segmenter-kwargs is not valid JSON ({e})")
-    return load_source(model_dir(model), segmenter=segmenter, weights=segmenter_weights, kwargs=kwargs,
-                       classes=classes.split(",") if classes else None, image_size=size, denoiser=denoiser)
+    source = load_source(model_dir(model), segmenter=segmenter, weights=segmenter_weights, kwargs=kwargs,
+                         classes=classes.split(",") if classes else None, image_size=size, denoiser=denoiser)
+    for line in source.notes:  # e.g. a denoiser trained at another size than the engine's
+        note(line)
+    return source
 
 def check_writable(out: Path) -> None:
     """Refuse an output folder that cannot be created or written, before any work."""

@@ -182,12 +182,12 @@ def build_engine(source: SourceModel, sigma: float, out: Path, *, backend: str =
             "backend": backend,
             "precision": precision,
             "sigma": sigma,
-            "denoiser": None if graphs.metadata["timestep"] is None else {
-                "timestep": graphs.metadata["timestep"], "alpha_bar": graphs.metadata["alpha_bar"],
-                "graph": graphs.denoiser.name},
+            "denoiser": None if graphs.metadata["denoiser"] is None else {
+                **graphs.metadata["denoiser"], "graph": graphs.denoiser.name},
             "classes": source.classes,
             "modality": source.modality,
             "input": graphs.metadata["input"],
+            "adapter": graphs.metadata["adapter"],  # image -> noise space (adapters.py); null: none
             "batch_sizes": {"min": lo, "opt": opt, "max": hi, **({"fixed": True} if graphs.fixed_batch else {})},
             "exporter": exporter,
             "graphs_made": graphs.made,

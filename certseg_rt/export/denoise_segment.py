@@ -6,8 +6,6 @@ an input, generated outside by the counter-based sampler, so every backend sees 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -15,21 +13,30 @@ from ..diffusion import DENOISER_RANGE_SCALE, OneStepDenoise
 
 
 class OneStepDenoiser(nn.Module):
-    """x_noisy in [0, 1] -> denoised x in [0, 1] with one call of an epsilon-predicting UNet at t*."""
+    """x_noisy in [0, 1] -> denoised x in [0, 1] with one call of a DDPM UNet at t*.
 
-    def __init__(self, unet: nn.Module, step: OneStepDenoise):
+    The UNet's output is eps, v or x0 (``step.prediction_type``); of a UNet with learned variance
+    (2C output channels) only the first C are that output, the rest (the variance) is dropped.
+    ``average_channels`` in front of a grayscale segmenter (the noise space replicates the gray image
+    into the UNet's channels, ``certseg_rt.adapters``): the output is the mean over channels, the
+    pseudo-inverse of the replication, so the graph gives what the segmenter takes.
+    """
+
+    def __init__(self, unet: nn.Module, step: OneStepDenoise, average_channels: bool = False):
         super().__init__()
         self.unet = unet
         self.step = step
-        self.sqrt_abar = math.sqrt(step.alpha_bar)
-        self.sqrt_one_minus_abar = math.sqrt(1.0 - step.alpha_bar)
+        self.x_t_scale = step.x_t_scale
+        self.c_x, self.c_out = step.x0_coefficients
+        self.average_channels = average_channels
 
     def forward(self, x_noisy: torch.Tensor) -> torch.Tensor:
-        x_t = self.sqrt_abar * (DENOISER_RANGE_SCALE * x_noisy - 1.0)
+        x_t = self.x_t_scale * (DENOISER_RANGE_SCALE * x_noisy - 1.0)
         t = torch.full((x_noisy.shape[0],), self.step.timestep, dtype=torch.int64, device=x_noisy.device)
-        eps_hat = self.unet(x_t, t, return_dict=False)[0]
-        x0 = (x_t - self.sqrt_one_minus_abar * eps_hat) / self.sqrt_abar
-        return (x0.clamp(-1.0, 1.0) + 1.0) / DENOISER_RANGE_SCALE
+        out = self.unet(x_t, t, return_dict=False)[0][:, :x_noisy.shape[1]]  # learned variance: drop the rest
+        x0 = self.c_x * x_t + self.c_out * out
+        x = (x0.clamp(-1.0, 1.0) + 1.0) / DENOISER_RANGE_SCALE
+        return x.mean(dim=1, keepdim=True) if self.average_channels else x
 
 
 class DenoiseSegment(nn.Module):

@@ -8,7 +8,6 @@ The segmenter routes (ONNX, TorchScript, factory + weights) each have a module i
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..adapters import Replicate, adapter_for
 from ..diffusion import OneStepDenoise, timestep_for_sigma
 from ..errors import CertsegError
 from .denoise_segment import DenoiseSegment, OneStepDenoiser
-from .denoisers import load_denoiser
+from .denoisers import DenoiserSpec, denoiser_spec, load_denoiser, size_multiple_with
 from .intake.factory import TORCH_SUFFIXES, build_from_factory, load_factory, load_weights_into
-from .intake.probe import probe_segmenter
+from .intake.probe import first_conv_in_channels, probe_segmenter
 from .intake.torchscript import load_torchscript
 
 FACTORY_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # package.module:callable
@@ -42,6 +42,7 @@ class SourceModel:
     segmenter_file: Path | None = None  # the file the user gave for the segmenter (named in messages)
     intake: dict = field(default_factory=dict)  # how the model was brought in (for the manifest)
     modality: str | None = None  # the phantom modality it was trained on (data.modalities), if any
+    notes: list[str] = field(default_factory=list)  # remarks for stderr that change nothing certified
 
     def phantom(self, seed: int):
         """A phantom of the model's modality at its input size (image (C, H, W), mask): parity, calibration
@@ -59,18 +60,41 @@ class SourceModel:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def denoiser_spec(self) -> DenoiserSpec | None:
+        return None if self.unet is None else denoiser_spec(self.unet, self.scheduler)
+
+    @property
+    def noise_channels(self) -> int:
+        """The channels of the space the noise is added in (the fused graph's input): the denoiser's."""
+        spec = self.denoiser_spec
+        return self.channels if spec is None else spec.channels
+
+    @property
+    def adapter(self) -> Replicate | None:
+        """The map from the image (`channels`) to the noise space (`noise_channels`), if they differ."""
+        return adapter_for(self.channels, self.noise_channels if self.unet is not None else None, self.channels)
+
     def one_step(self, sigma: float) -> OneStepDenoise | None:
         if self.scheduler is None:
             return None
-        return timestep_for_sigma(self.scheduler.alphas_cumprod.numpy(), sigma)
+        return timestep_for_sigma(self.scheduler.alphas_cumprod.numpy(), sigma,
+                                  prediction_type=self.denoiser_spec.prediction_type)
+
+    def one_step_denoiser(self, sigma: float) -> OneStepDenoiser | None:
+        """x_noisy (noise space) -> denoised x as the segmenter takes it."""
+        step = self.one_step(sigma)
+        return None if step is None else OneStepDenoiser(self.unet, step, average_channels=self.adapter is not None)
+
+    def check_channels(self, segmenter_channels: int | None = None) -> Replicate | None:
+        """Images, denoiser and segmenter channels, compared before any export: the adapter, or one line."""
+        return adapter_for(self.channels, None if self.unet is None else self.noise_channels, segmenter_channels)
 
     def denoise_segment(self, sigma: float, output: str = "labels") -> DenoiseSegment:
         if self.segmenter is None:
             raise CertsegError("the segmenter is an ONNX file, which torch cannot run: build an engine "
                                "(certseg-rt build-engine --segmenter FILE.onnx) and certify with --engine")
-        step = self.one_step(sigma)
-        denoiser = OneStepDenoiser(self.unet, step) if step is not None else None
-        return DenoiseSegment(self.segmenter, denoiser, output=output).eval()
+        return DenoiseSegment(self.segmenter, self.one_step_denoiser(sigma), output=output).eval()
 
 
 def load_safetensors_into(module: torch.nn.Module, weights: Path) -> torch.nn.Module:
@@ -101,8 +125,8 @@ def load_model_dir(path: Path, denoiser: bool = True) -> SourceModel:
     if denoiser and (path / "denoiser").is_dir():
         model.unet, model.scheduler, files = load_denoiser(path / "denoiser")
         model.files.update(files)
-        down = 2 ** (len(model.unet.config.block_out_channels) - 1)
-        model.size_multiple = math.lcm(model.size_multiple, down)
+        model.size_multiple = size_multiple_with(model.size_multiple, model.denoiser_spec)
+        model.check_channels()
     return model
 
 
@@ -117,9 +141,12 @@ def load_source(model_dir: Path, *, segmenter: str | None = None, weights: Path 
     """
     source = load_model_dir(model_dir, denoiser=denoiser is None)
     onnx_file = None
+    segmenter_channels = None  # the model directory's own segmenter takes its images' channels
     if segmenter is not None:
         module, files, onnx_file = _segmenter_route(source, segmenter, weights, kwargs)
         source.segmenter = module
+        segmenter_channels = onnx_file.channels if onnx_file is not None else \
+            module_in_channels(module, source.channels, source.height, source.width)
         source.files = {k: v for k, v in source.files.items() if not k.startswith("segmenter")} | files
     elif weights is not None or kwargs:
         raise CertsegError("--segmenter-weights and --segmenter-kwargs are for a factory segmenter: add "
@@ -128,17 +155,23 @@ def load_source(model_dir: Path, *, segmenter: str | None = None, weights: Path 
         source.unet, source.scheduler, files = load_denoiser(Path(denoiser))
         source.intake["denoiser"] = "diffusers directory"
         source.files = {k: v for k, v in source.files.items() if not k.startswith("denoiser/")} | files
+        source.size_multiple = size_multiple_with(source.size_multiple, source.denoiser_spec)
+    source.check_channels(segmenter_channels)  # before any export: one line naming all three counts
     if classes is not None:
         source.classes = list(classes)
     if image_size is not None:
         source.height, source.width = image_size
     for side in (source.height, source.width):
         if side % source.size_multiple:
-            raise CertsegError(f"image size {source.height}x{source.width} must be a multiple of "
-                               f"{source.size_multiple} for this model")
+            m = source.size_multiple
+            raise CertsegError(f"image size {source.height}x{source.width} must be a multiple of {m} for this model "
+                               f"(its segmenter's and denoiser's downsampling); choose --image-size "
+                               f"{-(-source.height // m) * m}x{-(-source.width // m) * m}")
     from ..io import check_image_size
 
     check_image_size(source.height, source.width, what="--image-size", fix="choose a smaller --image-size")
+    if source.unet is not None:
+        source.notes += [n for n in denoiser_notes(source) if n not in source.notes]
     if onnx_file is not None:
         _check_onnx_segmenter(source, onnx_file)
     elif source.segmenter is not None:  # the class names must match what the segmenter outputs
@@ -203,3 +236,29 @@ def _check_onnx_segmenter(source: SourceModel, seg) -> None:
         raise CertsegError(f"ONNX segmenter {name} takes {h}x{w} images (fixed in the graph), but the engine is "
                            f"built for {source.height}x{source.width}; pass --image-size {h}x{w}, or export it "
                            f"with dynamic height and width")
+
+
+def module_in_channels(module: torch.nn.Module | None, channels: int, height: int, width: int) -> int | None:
+    """The input channels of a torch segmenter, read off its first 4-D weight (a Conv2d's (out, in, kh, kw));
+    when that is not the images' `channels`, a run on them decides (a grouped first convolution reads
+    fewer).  None: not known."""
+    first = first_conv_in_channels(module) if module is not None else None
+    if first is None or first == channels:
+        return first
+    try:
+        with torch.inference_mode():
+            module(torch.zeros(1, channels, height, width))
+        return channels
+    except Exception:  # any error of the user's module: its weight says what it takes
+        return first
+
+
+def denoiser_notes(source: SourceModel) -> list[str]:
+    """Lines for stderr about a denoiser that builds but differs from what it was made for."""
+    spec, config = source.denoiser_spec, source.scheduler.config
+    notes = [n for n in [spec.size_note(source.height, source.width)] if n]
+    if config.get("thresholding") or not config.get("clip_sample", True) or config.get("clip_sample_range", 1.0) != 1:
+        notes.append(f"the scheduler's x0 handling (clip_sample {config.get('clip_sample')}, clip_sample_range "
+                     f"{config.get('clip_sample_range')}, thresholding {config.get('thresholding')}) is not "
+                     f"applied: the one-step x0 is clipped to [-1, 1], the segmenter's [0, 1] input range")
+    return notes

@@ -18,12 +18,13 @@ import torch
 
 from .. import __version__
 from ..errors import CertsegError
-from .denoise_segment import DenoiseSegment, OneStepDenoiser
+from .denoise_segment import DenoiseSegment
 from .loaders import SourceModel
 
 OPSET = 17
 EXPORTERS = ("torchscript", "dynamo")
 INPUT_NAME = "x_noisy"
+GRAPH_FILES = ("model.onnx", "segmenter.onnx", "denoiser.onnx")  # what export_onnx writes
 
 
 @dataclass
@@ -72,15 +73,23 @@ def _with_metadata(path: Path, metadata: dict) -> Path:
 
 def graph_metadata(source: SourceModel, sigma: float) -> dict:
     step = source.one_step(sigma)
+    adapter = source.adapter
     return {
         "certseg_rt": __version__,
         "sigma": sigma,
         "timestep": None if step is None else step.timestep,
         "alpha_bar": None if step is None else step.alpha_bar,
+        # The manifest's field denoiser: what the one-step graph does (prediction type, learned variance,
+        # the size it was trained at next to the engine's).
+        "denoiser": None if step is None else {
+            "timestep": step.timestep, "alpha_bar": step.alpha_bar, "timestep_mismatch": step.mismatch,
+            **source.denoiser_spec.describe()},
         "classes": source.classes,
-        "input": {"channels": source.channels, "height": source.height, "width": source.width,
+        # The noise space: the denoiser's channels (with an adapter, the image's replicated into them).
+        "input": {"channels": source.noise_channels, "height": source.height, "width": source.width,
                   "range": [0.0, 1.0], "size_multiple": source.size_multiple,
                   "normalisation": "x in [0, 1]; noise added in this range; denoiser maps to [-1, 1] inside"},
+        "adapter": None if adapter is None else adapter.describe(),
     }
 
 
@@ -97,13 +106,18 @@ def export_onnx(source: SourceModel, sigma: float, out_dir: Path, *, exporter: s
     except OSError as e:
         raise CertsegError(f"cannot write to {out_dir}: {e.strerror}; choose a writable --out")
     meta = graph_metadata(source, sigma)
-    example = torch.rand(2, source.channels, source.height, source.width)
+    example = torch.rand(2, source.noise_channels, source.height, source.width)  # x_noisy, in the noise space
+    image_example = torch.rand(2, source.channels, source.height, source.width)  # what the segmenter takes
     den = None
-    step = source.one_step(sigma)
-    if step is not None:
-        den = _export(OneStepDenoiser(source.unet, step), example, out_dir / "denoiser.onnx", INPUT_NAME,
-                      "denoised", exporter, {**meta, "graph": "x_noisy -> one-step DDPM denoised x in [0, 1]"})
+    denoiser = source.one_step_denoiser(sigma)
+    if denoiser is not None:
+        what = ("x_noisy -> one-step DDPM denoised x in [0, 1]" if meta["adapter"] is None else
+                "x_noisy (replicated gray) -> one-step DDPM denoised x in [0, 1], mean of its channels")
+        den = _export(denoiser, example, out_dir / "denoiser.onnx", INPUT_NAME, "denoised", exporter,
+                      {**meta, "graph": what})
     fused_meta = {**meta, "graph": "x_noisy -> one-step denoise -> segmenter -> argmax labels"}
+    # The segmenter alone takes the image as given (with an adapter, fewer channels than the noise space).
+    seg_meta = {**meta, "graph": "x -> segmenter logits", "input": {**meta["input"], "channels": source.channels}}
     made = {"denoiser": {"exporter": exporter, "opset": OPSET}} if den is not None else {}
     fixed = None
     if source.segmenter_onnx is not None or isinstance(source.segmenter, torch.jit.ScriptModule):
@@ -111,14 +125,14 @@ def export_onnx(source: SourceModel, sigma: float, out_dir: Path, *, exporter: s
         # and compose the fused graph at the ONNX level.
         from .onnx_compose import export_composed
 
-        fused, seg, parts, fixed = export_composed(source, out_dir, den, meta, fused_meta, input_name=INPUT_NAME,
+        fused, seg, parts, fixed = export_composed(source, out_dir, den, seg_meta, fused_meta, input_name=INPUT_NAME,
                                                    batch=batch, log=log or (lambda m: None))
         made.update(parts)
     else:
         fused = _export(source.denoise_segment(sigma), example, out_dir / "model.onnx", INPUT_NAME, "labels",
                         exporter, fused_meta)
-        seg = _export(DenoiseSegment(source.segmenter, None, output="logits"), example, out_dir / "segmenter.onnx",
-                      INPUT_NAME, "logits", exporter, {**meta, "graph": "x -> segmenter logits"})
+        seg = _export(DenoiseSegment(source.segmenter, None, output="logits"), image_example,
+                      out_dir / "segmenter.onnx", INPUT_NAME, "logits", exporter, seg_meta)
         made.update({"segmenter": {"exporter": exporter, "opset": OPSET}, "fused": {"exporter": exporter,
                                                                                      "opset": OPSET}})
     graphs = ExportedGraphs(fused=fused, segmenter=seg, denoiser=den, metadata=meta, parity={"skipped": True},
@@ -129,4 +143,4 @@ def export_onnx(source: SourceModel, sigma: float, out_dir: Path, *, exporter: s
 
 
 # Parity has its own module; builders and tests import these names from here too.
-from .parity import check_graphs, parity_inputs  # noqa: F401
+from .parity import check_graphs, parity_inputs  # noqa: F401, E402

@@ -193,9 +193,11 @@ def parity_inputs(source, sigma: float, count: int, seed: int = 20240) -> np.nda
     """Noisy held-out phantoms, noised with the project's keyed noise: what the graph sees when certifying."""
     from ..data import HELD_OUT_SEEDS
 
-    out = np.empty((count, source.channels, source.height, source.width), np.float32)
+    adapter = source.adapter  # noise in the noise space: the phantom replicated into the denoiser's channels
+    out = np.empty((count, source.noise_channels, source.height, source.width), np.float32)
     for i in range(count):
-        kernels.fill_noisy(source.phantom(HELD_OUT_SEEDS[500 + i // 4]).image, sigma, seed, i, out=out[i:i + 1])
+        image = source.phantom(HELD_OUT_SEEDS[500 + i // 4]).image
+        kernels.fill_noisy(image if adapter is None else adapter.image(image), sigma, seed, i, out=out[i:i + 1])
     return out
 
 
@@ -211,13 +213,10 @@ def _torch_runner(module):
 def check_parity(source, sigma: float, fused: Path, segmenter: Path, denoiser: Path | None, plan: BatchPlan,
                  count: int = 16, min_agreement: float = 0.999) -> dict:
     """Run the exported graphs with ONNX Runtime next to torch on noisy phantoms."""
-    from .denoise_segment import OneStepDenoiser
-
     x = parity_inputs(source, sigma, count)
-    step = source.one_step(sigma)
+    one_step = source.one_step_denoiser(sigma)
     # torch's labels are the argmax of its logits (DenoiseSegment computes exactly that, ties to the lowest class)
-    denoised = plan.run("torch denoiser", _torch_runner(OneStepDenoiser(source.unet, step).eval()), x) \
-        if step is not None else x
+    denoised = plan.run("torch denoiser", _torch_runner(one_step.eval()), x) if one_step is not None else x
     torch_logits = plan.run("torch segmenter", _torch_runner(source.segmenter), denoised)
     torch_labels = torch_logits.argmax(axis=1).astype(np.uint8)
     onnx_labels = plan.run(Path(fused).name, onnx_runner(fused), x)
@@ -239,8 +238,6 @@ def composition_parity(source, sigma: float, graphs, plan: BatchPlan, count: int
                        min_agreement: float = 0.999) -> dict:
     """A user's ONNX segmenter: the composed graph against the denoiser graph and the user's graph run one after
     the other (same noisy inputs), and the denoiser graph against torch."""
-    from .denoise_segment import OneStepDenoiser
-
     x = parity_inputs(source, sigma, count)
     stage = plan.run(graphs.denoiser.name, onnx_runner(graphs.denoiser), x) if graphs.denoiser is not None else x
     expected = plan.run(graphs.segmenter.name, onnx_runner(graphs.segmenter), stage).argmax(axis=1).astype(np.uint8)
@@ -248,8 +245,7 @@ def composition_parity(source, sigma: float, graphs, plan: BatchPlan, count: int
     report = {"inputs": f"{count} noisy held-out phantoms at sigma={sigma}",
               "label_agreement_with_separate_graphs": float(np.mean(got == expected))}
     if graphs.denoiser is not None:
-        ref = plan.run("torch denoiser", _torch_runner(OneStepDenoiser(source.unet, source.one_step(sigma)).eval()),
-                       x)
+        ref = plan.run("torch denoiser", _torch_runner(source.one_step_denoiser(sigma).eval()), x)
         report["denoised_max_abs_diff"] = float(np.abs(stage - ref).max())
     if report["label_agreement_with_separate_graphs"] < min_agreement:
         raise CertsegError(f"composed graph agrees with the separate graphs on only "

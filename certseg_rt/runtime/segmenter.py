@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..adapters import adapter_from_manifest, image_channels, with_adapter
 from ..certify import (
     DEFAULTS,
     Certificate,
@@ -40,6 +41,7 @@ class CertifiedSegmenter:
             "precision": manifest["precision"],
             "modality": manifest.get("modality"),
             "denoiser": manifest.get("denoiser"),
+            "adapter": manifest.get("adapter"),
             "engine_dir": str(self.engine_dir),
             "manifest_sha256": sha256_file(self.engine_dir / MANIFEST_NAME),
             "model_files": manifest["files"],
@@ -50,11 +52,14 @@ class CertifiedSegmenter:
     @classmethod
     def load(cls, engine_dir, *, provider: str = "cpu", batch_size: int | None = None,
              threads: int | None = None) -> "CertifiedSegmenter":
-        """Check the manifest (hashes before any model file is parsed), then let the backend's runner open it."""
+        """Check the manifest (hashes before any model file is parsed), then let the backend's runner open it.
+
+        With an adapter (manifest field adapter: a gray image in front of an RGB denoiser) the backend takes
+        the image as given and replicates it before the noise (``adapters.ReplicatedInput``)."""
         manifest = load_manifest(engine_dir)
         backend = backends.open_engine(Path(engine_dir), manifest, batch_size=batch_size, threads=threads,
                                        provider=provider)
-        return cls(engine_dir, manifest, backend)
+        return cls(engine_dir, manifest, with_adapter(backend, adapter_from_manifest(manifest)))
 
     @property
     def classes(self) -> list[str]:
@@ -66,7 +71,8 @@ class CertifiedSegmenter:
 
     @property
     def channels(self) -> int:
-        return int(self.manifest["input"]["channels"])
+        """The channels of the images it takes (with an adapter, fewer than the noise space's input.channels)."""
+        return image_channels(self.manifest)
 
     def _check_sigma(self, sigma):
         if sigma is not None and not np.isclose(sigma, self.sigma, rtol=0, atol=1e-12):

@@ -146,6 +146,7 @@ class OnnxSegmenter:
 
 def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, provider: str = "cpu"):
     """An onnxruntime engine directory (manifest already checked) -> OnnxRuntimeBackend."""
+    from ...adapters import image_channels
     from . import engine_batch_size
 
     try:
@@ -162,5 +163,5 @@ def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, pr
                                  channels=inp["channels"], height=inp["height"], width=inp["width"],
                                  batch_size=batch, provider=provider)
     backend.fixed_batch = bool(manifest["batch_sizes"].get("fixed"))
-    backend.segment = OnnxSegmenter(segmenter, inp["channels"])
+    backend.segment = OnnxSegmenter(segmenter, image_channels(manifest))  # the image as given (no adapter)
     return backend

@@ -236,10 +236,11 @@ def open_tensorrt_backend(engine_dir, manifest: dict | None = None, *, batch_siz
 def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, provider=None) -> "TensorRTBackend":
     """The runner registry's entry: the native backend (provider and threads do not apply to it), with the
     clean segmenter from the engine's segmenter.onnx on ONNX Runtime's CPU provider."""
+    from ...adapters import image_channels
     from .onnxruntime import OnnxSegmenter, graph_paths
 
     backend = open_tensorrt_backend(engine_dir, manifest, batch_size=batch_size)
-    backend.segment = OnnxSegmenter(graph_paths(Path(engine_dir), manifest)[1], manifest["input"]["channels"])
+    backend.segment = OnnxSegmenter(graph_paths(Path(engine_dir), manifest)[1], image_channels(manifest))
     return backend
 
 

@@ -40,12 +40,13 @@ def segment_clean(segmenter: torch.nn.Module, image: np.ndarray) -> np.ndarray:
 def reference_backend(model_dir, sigma: float, *, batch_size: int = 16, denoiser: bool = True,
                       threads: int | None = None, precision: str = "fp32") -> TorchEagerBackend:
     """The torch reference backend for a model directory, with what it certifies recorded on it."""
+    from ...adapters import with_adapter
     from ...export.loaders import load_model_dir
     from ...manifest import hash_files
 
     source = load_model_dir(model_dir, denoiser=denoiser)
     backend = TorchEagerBackend(source.denoise_segment(sigma), sigma=sigma, num_classes=source.num_classes,
-                                channels=source.channels, size_multiple=source.size_multiple,
+                                channels=source.noise_channels, size_multiple=source.size_multiple,
                                 batch_size=batch_size, threads=threads, precision=precision)
     step = source.one_step(sigma)
     backend.source = source
@@ -55,8 +56,10 @@ def reference_backend(model_dir, sigma: float, *, batch_size: int = 16, denoiser
         "backend": backend.name,
         "precision": precision,
         "modality": source.modality,
-        "denoiser": None if step is None else {"timestep": step.timestep, "alpha_bar": step.alpha_bar},
+        "denoiser": None if step is None else {"timestep": step.timestep, "alpha_bar": step.alpha_bar,
+                                               **source.denoiser_spec.describe()},
         "model_files": hash_files(source.files),
         "torch": torch.__version__,
     }
-    return backend
+    # A gray image in front of an RGB denoiser: replicated before the noise, as an engine does (adapters.py).
+    return with_adapter(backend, source.adapter)
