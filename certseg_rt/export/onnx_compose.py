@@ -75,8 +75,10 @@ def compose_fused(segmenter_path: Path, denoiser_path: Path | None, out: Path, i
     ])
     del merged.graph.output[:]
     merged.graph.output.append(helper.make_tensor_value_info("labels", TensorProto.UINT8, ["batch", None, None]))
-    onnx.checker.check_model(merged)
-    onnx.save(merged, str(out))
+    from .onnx_files import save_onnx
+
+    save_onnx(merged, out)  # with external data above 2 GB, which the checker then reads by path
+    onnx.checker.check_model(str(out))
     return out
 
 

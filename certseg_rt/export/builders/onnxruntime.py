@@ -2,7 +2,6 @@
 offline, and optionally static int8 quantisation of the fused graph (QDQ, calibrated on noisy phantoms)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ...errors import CertsegError
@@ -35,12 +34,18 @@ def optimise_offline(path: Path, threads: int) -> dict:
     """
     import onnxruntime as ort
 
+    from ..onnx_files import MIN_EXTERNAL_TENSOR_BYTES, data_path, external_data_files, move_onnx
+
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     tmp = path.with_suffix(".opt.onnx")
     so.optimized_model_filepath = str(tmp)
+    if external_data_files(path):  # a graph over 2 GB: the optimised one keeps its tensors outside too
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", data_path(tmp).name)
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                    str(MIN_EXTERNAL_TENSOR_BYTES))
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    os.replace(tmp, path)
+    move_onnx(tmp, path)
     return {"offline": "basic", "online": "all", "intra_op_num_threads": threads, "inter_op_num_threads": 1,
             "execution_mode": "sequential"}
 
@@ -62,7 +67,12 @@ def build(stage: Path, graphs, *, source, sigma, precision, batch_sizes, threads
     settings = optimise_graphs(graphs, threads, log)
     quantisation = None
     if precision == "int8":
+        from ..onnx_files import external_data_files
         from ..quantize import quantize_int8
+
+        if external_data_files(graphs.fused):
+            raise CertsegError(f"--precision int8 needs the fused graph in one file, and {graphs.fused.name} is over "
+                               f"2 GB (its weights are in {graphs.fused.name}.data); build --precision fp32")
 
         log("quantising to int8 (static, calibrated on noisy phantoms)")
         quantisation = quantize_int8(graphs.fused, parity_inputs(source, sigma, 32, seed=7), INPUT_NAME)
