@@ -380,3 +380,16 @@ def test_engine_with_external_data_builds_certifies_and_is_hash_checked(tmp_path
                                   "--batch-sizes", "1,4,8", "--out", str(tmp_path / "int8"), "--precision", "int8"])
     assert r.exit_code == 1 and "needs the fused graph in one file" in r.stderr
     assert not (tmp_path / "int8").exists()
+
+
+def test_a_model_protobuf_cannot_size_counts_as_over_the_limit(monkeypatch):
+    """upb raises EncodeError from ByteSize() for a model over 2 GiB (seen on the 2.2 GB 256x256 UNet graph)."""
+    from google.protobuf.message import EncodeError
+
+    from certseg_rt.export import onnx_files
+
+    class Huge:
+        def ByteSize(self):
+            raise EncodeError("Failed to serialize proto")
+
+    assert onnx_files.serialized_bytes(Huge()) > onnx_files.EXTERNAL_DATA_THRESHOLD

@@ -54,6 +54,16 @@ def external_data_files(path: Path) -> list[Path]:
     return sorted(path.parent / loc for loc in external_locations(onnx.load(str(path), load_external_data=False)))
 
 
+def serialized_bytes(model) -> int:
+    """The size of the model as one protobuf message (2 GiB where protobuf cannot even size it)."""
+    from google.protobuf.message import EncodeError
+
+    try:
+        return model.ByteSize()
+    except EncodeError:  # upb refuses to size a message over 2 GiB (seen with protobuf 6 / onnx 1.23)
+        return 1 << 31
+
+
 def save_onnx(model, path: Path) -> list[Path]:
     """Write `model` to `path`, with its tensors in NAME.onnx.data when it is over the threshold.
 
@@ -65,7 +75,7 @@ def save_onnx(model, path: Path) -> list[Path]:
     path, data = Path(path), data_path(path)
     if data.exists():
         data.unlink()
-    if model.ByteSize() <= EXTERNAL_DATA_THRESHOLD:
+    if serialized_bytes(model) <= EXTERNAL_DATA_THRESHOLD:
         onnx.save_model(model, str(path))
         return [path]
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
