@@ -235,6 +235,9 @@ def test_bad_checkpoints_and_configs_are_refused_in_one_line(tmp_path, small_che
         (ckpt, out, flags.replace("--channel_mult 1,2,2", "--channel_mult 1,3,2"), "custom",
          "num_heads=2 at attention widths"),
         (ckpt, tmp_path / "file" / "ddpm", flags, "custom", "not a writable folder"),
+        (tmp_path / "file", out, flags, "custom", "not a torch.save"),  # a text file
+        (ckpt, out, flags.replace("--attention_resolutions 16", "--attention_resolutions 0"), "custom",
+         "must list resolutions >= 1"),
     ]
     for path, dest, model_flags, config, needle in cases:
         r = import_cli(path, dest, model_flags, config)

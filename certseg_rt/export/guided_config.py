@@ -230,6 +230,9 @@ def check_convertible(cfg: GuidedConfig) -> None:
                         ("diffusion_steps", cfg.diffusion_steps)):
         if value < 1:
             raise CertsegError(f"model flag {name}={value} must be >= 1")
+    if not cfg.attention_resolutions or min(cfg.attention_resolutions) < 1:
+        raise CertsegError(f"attention_resolutions {cfg.flags()['attention_resolutions']!r} must list resolutions "
+                           f">= 1 (e.g. 32,16,8; one larger than image_size for none)")
     if cfg.mult[0] != 1:
         raise CertsegError(f"{what} has channel_mult starting at {cfg.mult[0]:g}: its timestep embedding is "
                            f"{cfg.num_channels} wide but its first level {cfg.widths[0]}, which diffusers' UNet2DModel "

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +166,11 @@ def _shapes_or_none(cfg: GuidedConfig):
         return None
 
 
+def _first_sentence(e: Exception) -> str:
+    text = " ".join(str(e).split()).split(". ")[0][:120]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def load_checkpoint(path: Path) -> dict:
     """A guided-diffusion state dict, tensors only (weights_only=True: no code is unpickled)."""
     import torch
@@ -181,13 +186,18 @@ def load_checkpoint(path: Path) -> dict:
                 raise
             state = torch.load(str(path), map_location="cpu", weights_only=True)  # pre-1.6 (non-zip) format
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else "a pickled object"
-        raise CertsegError(f"{path} holds more than tensors ({first}); it is refused because loading it would run "
-                           f"code: save the model's state dict alone, torch.save(model.state_dict(), path)")
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise CertsegError(f"cannot read {path} as a torch checkpoint ({first}); the file is truncated or not a "
-                           f"torch.save file: download it again")
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if found:  # weights_only met a Python object: unpickling it would import and run its code
+            raise CertsegError(f"{path} holds Python objects besides tensors ({found.group(1)}); it is refused because "
+                               f"loading it would run code: save the state dict alone, "
+                               f"torch.save(model.state_dict(), path)")
+        stopped = re.search(r"Unsupported operand \d+|invalid load key[^.]*", str(e))
+        raise CertsegError(f"{path} is not a torch.save checkpoint (the unpickler stopped at "
+                           f"{stopped.group(0) if stopped else _first_sentence(e)}); check the file, or download it "
+                           f"again")
+    except Exception as e:  # noqa: BLE001 (torch.load on arbitrary bytes: EOFError, KeyError, RuntimeError...)
+        raise CertsegError(f"cannot read {path} as a torch checkpoint ({_first_sentence(e)}); the "
+                           f"file is truncated or not a torch.save file: download it again")
     if not isinstance(state, dict) or not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                             for k, v in state.items()):
         kind = type(state).__name__
