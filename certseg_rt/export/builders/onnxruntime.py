@@ -71,8 +71,9 @@ def build(stage: Path, graphs, *, source, sigma, precision, batch_sizes, threads
         from ..quantize import quantize_int8
 
         if external_data_files(graphs.fused):
-            raise CertsegError(f"--precision int8 needs the fused graph in one file, and {graphs.fused.name} is over "
-                               f"2 GB (its weights are in {graphs.fused.name}.data); build --precision fp32")
+            raise CertsegError(f"--precision int8 needs the fused graph in one file, and {graphs.fused.name} keeps "
+                               f"its weights in {graphs.fused.name}.data (a graph over protobuf's 2 GB limit); "
+                               f"build --precision fp32")
 
         log("quantising to int8 (static, calibrated on noisy phantoms)")
         quantisation = quantize_int8(graphs.fused, parity_inputs(source, sigma, 32, seed=7), INPUT_NAME)
