@@ -104,7 +104,9 @@ def compose_fused(seg: OnnxSegmenterFile, denoiser_path: Path | None, out: Path,
         onnx.save_model(merged, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=f"{Path(out).name}.data", size_threshold=1024)
     else:
-        onnx.save(merged, str(out))
+        from .onnx_files import save_onnx
+
+        save_onnx(merged, out)  # with external data above 2 GB (a large denoiser), read by path below
     try:
         onnx.checker.check_model(str(out))
     except Exception as e:  # noqa: BLE001 - ValidationError

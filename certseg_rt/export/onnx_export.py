@@ -10,6 +10,7 @@ built-in parity check decides whether its graph is accepted either way.
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from .loaders import SourceModel
 OPSET = 17
 EXPORTERS = ("torchscript", "dynamo")
 INPUT_NAME = "x_noisy"
-GRAPH_FILES = ("model.onnx", "segmenter.onnx", "denoiser.onnx")  # what export_onnx writes
+GRAPH_FILES = tuple(f"{g}.onnx{data}" for g in ("model", "segmenter", "denoiser") for data in ("", ".data"))  # what export_onnx writes
 
 
 @dataclass
@@ -40,35 +41,55 @@ class ExportedGraphs:
 
 def _export(module: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str,
             exporter: str, metadata: dict) -> Path:
-    import onnx
-
     module = module.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if exporter == "torchscript":
-            torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=[output_name],
-                              opset_version=OPSET, dynamo=False,
-                              dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
-        elif exporter == "dynamo":
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            prog = torch.onnx.export(module, (example,), input_names=[input_name], output_names=[output_name],
-                                     opset_version=OPSET, dynamo=True, dynamic_shapes=({0: batch},), verbose=False)
-            prog.save(str(path), external_data=False)
-        else:
-            raise CertsegError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
-    return _with_metadata(path, metadata)
+    # Export into a private folder: above 2 GB torch writes the weights as external data there (the
+    # TorchScript exporter one file per tensor), and _with_metadata gathers them into NAME.onnx.data.
+    work = path.parent / f".{path.name}.export"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    raw = work / path.name
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if exporter == "torchscript":
+                torch.onnx.export(module, (example,), str(raw), input_names=[input_name], output_names=[output_name],
+                                  opset_version=OPSET, dynamo=False,
+                                  dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
+            elif exporter == "dynamo":
+                batch = torch.export.Dim("batch", min=1, max=4096)
+                prog = torch.onnx.export(module, (example,), input_names=[input_name], output_names=[output_name],
+                                         opset_version=OPSET, dynamo=True, dynamic_shapes=({0: batch},), verbose=False)
+                prog.save(str(raw))  # external data only above 2 GB
+            else:
+                raise CertsegError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+        return _with_metadata(raw, metadata, out=path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
-def _with_metadata(path: Path, metadata: dict) -> Path:
+def _with_metadata(path: Path, metadata: dict, out: Path | None = None) -> Path:
+    """Add metadata to the graph at `path` and save it to `out` (default: in place), checked.
+
+    Over ``onnx_files.EXTERNAL_DATA_THRESHOLD`` the tensors go to OUT.data beside it (any external data the
+    graph had, in whatever files, is gathered into that one); the checker then gets the path, as it must
+    for a model over 2 GB.
+    """
     import onnx
 
-    model = onnx.load(str(path))
-    onnx.checker.check_model(model)
+    from .onnx_files import external_data_files, save_onnx
+
+    out = Path(out or path)
+    stale = set(external_data_files(path))
+    model = onnx.load(str(path))  # with its external data, if any
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
-    onnx.save(model, str(path))
-    return path
+    written = save_onnx(model, out)
+    del model
+    for old in stale - set(written):
+        old.unlink(missing_ok=True)
+    onnx.checker.check_model(str(out))
+    return out
 
 
 def graph_metadata(source: SourceModel, sigma: float) -> dict:

@@ -87,7 +87,15 @@ def build(stage: Path, graphs, *, source, sigma, precision, batch_sizes, threads
     settings = optimise_graphs(graphs, threads, log)
     quantisation = None
     if precision == "int8":
+        from ..onnx_files import EXTERNAL_DATA_THRESHOLD, external_data_files
         from ..quantize import quantize_int8
+
+        # The quantiser writes one file: a fused graph with external data is brought inline, which protobuf
+        # cannot do above 2 GB.
+        if sum(f.stat().st_size for f in external_data_files(graphs.fused)) > EXTERNAL_DATA_THRESHOLD:
+            raise CertsegError(f"--precision int8 needs the fused graph in one file, and {graphs.fused.name} keeps "
+                               f"its weights in {graphs.fused.name}.data (a graph over protobuf's 2 GB limit); "
+                               f"build --precision fp32")
 
         log("quantising to int8 (static, calibrated on noisy phantoms)")
         # calibration batches inside the engine's batch range (a fixed-batch graph takes only its batch)

@@ -173,10 +173,11 @@ def check_tensorrt_environment():
 def _write_cast_graph(plan: TensorRTBuildPlan, log) -> dict:
     import onnx
 
+    from ..onnx_files import save_onnx
     from ..precision import cast_precision, precision_summary
 
     cast = cast_precision(onnx.load(str(plan.onnx_path)), plan.precision)
-    onnx.save(cast, str(plan.network_onnx_path))
+    save_onnx(cast, plan.network_onnx_path)  # external data above 2 GB; TensorRT parses from the path
     summary = precision_summary(cast)
     log(f"cast graph {plan.network_onnx_path.name}: {summary['nodes_reduced']} nodes in {plan.precision}, "
         f"{summary['nodes_fp32']} kept in fp32, {summary['casts_inserted']} casts")

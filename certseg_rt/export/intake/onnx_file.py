@@ -66,11 +66,10 @@ def external_data_files(model, path: Path) -> list[str]:
 def external_data_names(path: Path) -> list[str]:
     """The external data files a graph file of ours names (no data is read)."""
     import onnx
-    from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
-    model = onnx.load(str(path), load_external_data=False)
-    return sorted({next(e.value for e in t.external_data if e.key == "location")
-                   for t in _get_all_tensors(model) if uses_external_data(t)})
+    from ..onnx_files import external_locations
+
+    return sorted(external_locations(onnx.load(str(path), load_external_data=False)))
 
 
 def _dims(value_info) -> list:
