@@ -222,15 +222,12 @@ def _segmenter_route(source: SourceModel, segmenter: str, weights: Path | None, 
 
 
 def _check_onnx_segmenter(source: SourceModel, seg) -> None:
-    """What the ONNX graph declares against the engine being built: classes, channels, a fixed image size."""
+    """What the ONNX graph declares against the engine being built: classes, a fixed image size (its channels
+    are compared with the images' and the denoiser's in SourceModel.check_channels)."""
     name = seg.path
     if seg.classes is not None and seg.classes != len(source.classes):
         raise CertsegError(f"ONNX segmenter {name} outputs {seg.classes} classes but {len(source.classes)} class "
                            f"names are given; pass --classes with {seg.classes} names")
-    if seg.channels is not None and seg.channels != source.channels:
-        raise CertsegError(f"ONNX segmenter {name} takes {seg.channels}-channel images, but the model's input has "
-                           f"{source.channels} channel(s); give a segmenter for {source.channels}-channel images, "
-                           f"or a --model whose input has {seg.channels} channels")
     if seg.fixed_size is not None and seg.fixed_size != (source.height, source.width):
         h, w = seg.fixed_size
         raise CertsegError(f"ONNX segmenter {name} takes {h}x{w} images (fixed in the graph), but the engine is "
