@@ -56,4 +56,4 @@ EXTENSION_STATUS: dict[str, bool] = {
     "cuda": bool(ext is not None and ext.cuda_compiled()),
 }
 
-__all__ = ["ext", "EXTENSION_STATUS", "IMPORT_ERROR", "BUILD", "BUILT_BUT_BROKEN"]
+__all__ = ["BUILD", "BUILT_BUT_BROKEN", "EXTENSION_STATUS", "IMPORT_ERROR", "ext"]

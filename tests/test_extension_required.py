@@ -80,7 +80,7 @@ def _run(root: Path, *args: str) -> subprocess.CompletedProcess:
     certseg_rt to the source tree; the dependencies come from this interpreter's site-packages, after the copy."""
     path = os.pathsep.join([str(root), *site.getsitepackages()])
     env = {**os.environ, "PYTHONPATH": path, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-S", *args], capture_output=True, text=True, env=env, cwd=root,
+    return subprocess.run([sys.executable, "-S", *args], check=False, capture_output=True, text=True, env=env, cwd=root,
                           timeout=120)
 
 

@@ -66,7 +66,7 @@ def justified() -> dict[str, str]:
     """Mutant name -> reason, from the table in docs/mutation-survivors.md."""
     if not SURVIVORS_DOC.exists():
         return {}
-    rows = re.findall(r"^\|\s*`([\w.]+__mutmut_\d+)`\s*\|(.*)\|\s*$", SURVIVORS_DOC.read_text(), re.M)
+    rows = re.findall(r"^\|\s*`([\w.]+__mutmut_\d+)`\s*\|(.*)\|\s*$", SURVIVORS_DOC.read_text(), re.MULTILINE)
     return {name: reason.strip() for name, reason in rows}
 
 
