@@ -41,14 +41,31 @@ def drop_editable_finders() -> None:
         del sys.modules[name]
 
 
-def run_mutmut(max_children: int) -> None:
+def run_mutmut(max_children: int, log: Path) -> None:
+    """mutmut run, its progress (a spinner per mutant) and the tests' output going to `log`."""
     from mutmut.__main__ import cli
 
-    try:
-        cli.main(["run", "--max-children", str(max_children)], standalone_mode=False)
-    except SystemExit as e:  # mutmut exits on its own checks (clean tests failing, forced failure not failing)
-        if e.code not in (0, None):
-            raise
+    log.parent.mkdir(exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "w") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            cli.main(["run", "--max-children", str(max_children)], standalone_mode=False)
+        except SystemExit as e:  # mutmut exits on its own checks (clean tests failing, forced failure not failing)
+            code = e.code
+        else:
+            code = 0
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+    if code not in (0, None):
+        tail = log.read_text(errors="replace").replace("\r", "\n").strip().splitlines()[-15:]
+        sys.exit("mutmut stopped (exit " + str(code) + "); the end of " + str(log) + ":\n" + "\n".join(tail))
 
 
 def check_imports_were_mutated() -> None:
@@ -119,7 +136,10 @@ def main() -> int:
             shutil.rmtree(ROOT / "mutants", ignore_errors=True)
         drop_editable_finders()
         start = time.monotonic()
-        run_mutmut(args.max_children)
+        log = ROOT / "mutants" / "mutmut-run.log"
+        print(f"mutating the certification core and running the fast tests ({args.max_children} workers); "
+              f"progress in {log.relative_to(ROOT)}", flush=True)
+        run_mutmut(args.max_children, log)
         check_imports_were_mutated()
         print(f"\nmutation run took {time.monotonic() - start:.0f} s with {args.max_children} workers")
     return report()
