@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 
-
 TIMED = """
 import sys, time
 import diffusers, onnx, torch  # noqa: F401  (imported before the clock starts)

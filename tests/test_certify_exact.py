@@ -74,6 +74,15 @@ def test_invalid_counts_messages(counts0, counts, n, message):
     assert str(error.value) == message
 
 
+def test_an_unknown_correction_is_named_by_the_parameter_check():
+    counts = counts_of([[5]], [[0]])
+    for call in (lambda: certify_from_counts(counts, counts, **BASE, correction="bh"),
+                 lambda: predict_from_counts(counts, alpha=0.05, correction="bh")):
+        with pytest.raises(ValueError) as error:
+            call()
+        assert str(error.value) == "invalid correction='bh': must be one of holm, bonferroni"
+
+
 def test_counts_above_int32_are_refused_and_the_largest_is_taken():
     top = np.array([[[MAX_SAMPLES]], [[0]]], np.int64)
     assert predict_from_counts(top, alpha=0.01).n == MAX_SAMPLES
@@ -122,6 +131,9 @@ def test_certificate_summary_and_certified_pixels():
     only_abstained = Certificate(labels=np.full((1, 1), ABSTAIN, np.uint8), pvalues=np.ones((1, 1)), radius=0.1,
                                  sigma=0.25, tau=0.75, alpha=0.001, n0=1, n=1, correction="holm")
     assert only_abstained.certified_pixels(["bg"]) == {"bg": 0}
+    background = Certificate(labels=np.zeros((2, 2), np.uint8), pvalues=np.zeros((2, 2)), radius=0.1, sigma=0.25,
+                             tau=0.75, alpha=0.001, n0=1, n=1, correction="holm")
+    assert background.certified_pixels(["bg", "a", "b"]) == {"bg": 4, "a": 0, "b": 0}  # classes never certified
 
 
 # ---------------------------------------------------------------------------------------------- predict

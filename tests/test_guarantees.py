@@ -149,6 +149,19 @@ def test_the_correction_asked_for_is_the_one_applied():
     assert bonferroni.labels.tolist() == [[0, ABSTAIN]] and bonferroni.correction == "bonferroni"
 
 
+def test_predict_applies_the_correction_asked_for():
+    """(20, 0) and (18, 2) at alpha 0.0006: Holm keeps both pixels, Bonferroni only the first (test_certify_exact)."""
+    class FixedCounts(CallRecorder):
+        def sample_counts(self, x, num, seed, offset):
+            self.asked.append((num, seed, offset))
+            return np.array([[[20, 18]], [[0, 2]]], np.int32)
+
+    x = np.zeros((1, 1, 2), np.float32)
+    assert predict(FixedCounts(), x, n=20, alpha=0.0006).labels.tolist() == [[0, 0]]
+    bonferroni = predict(FixedCounts(), x, n=20, alpha=0.0006, correction="bonferroni")
+    assert bonferroni.labels.tolist() == [[0, ABSTAIN]] and bonferroni.correction == "bonferroni"
+
+
 @pytest.mark.parametrize("kwargs, needle", [({"tau": 1.5}, "tau"), ({"alpha": 0.0}, "alpha"), ({"n0": 0}, "n0"),
                                             ({"n": 0}, "n="), ({"correction": "none"}, "correction"),
                                             ({"seed": -1}, "seed"), ({"seed": 2**64}, "seed")])
@@ -173,7 +186,9 @@ def test_certificate_records_the_seed_backend_and_time(monkeypatch):
     assert cert.record == {"backend": "call-recorder", "seconds": 0.1235}  # rounded to 0.1 ms
 
     class WithRecord(CallRecorder):
-        record = {"backend": "with-record", "model_files": {"model.onnx": "ab12"}}
+        def __init__(self):
+            super().__init__()
+            self.record = {"backend": "with-record", "model_files": {"model.onnx": "ab12"}}
 
     clock = iter([5.0, 6.5])
     cert = certify(WithRecord(), np.zeros((1, 1, 2), np.float32))

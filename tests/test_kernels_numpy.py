@@ -151,7 +151,10 @@ def test_accumulate_votes_hand_computed():
      "labels must be C-contiguous (use np.ascontiguousarray), got shape (1, 2, 4) with non-contiguous strides"),
     (np.zeros((1, 2, 2), np.uint8), np.zeros((2, 2, 3), np.int32), ValueError,
      "labels (B, *S) and counts (C, *S) must agree after the first axis, got labels (1, 2, 2) and counts (2, 2, 3)"),
+    (np.zeros((1, 2, 2), np.uint8), [[[0]]], TypeError, "counts must be a numpy array, got list"),
     (np.zeros((1, 2, 2), np.uint8), np.zeros((0, 2, 2), np.int32), ValueError, "num_classes must be in [1, 256], got 0"),
+    (np.zeros((1, 1, 1), np.uint8), np.zeros((257, 1, 1), np.int32), ValueError,
+     "num_classes must be in [1, 256], got 257"),
     (np.full((1, 1, 2), 2, np.uint8), np.zeros((2, 1, 2), np.int32), ValueError,
      "label 2 out of range for 2 classes: the model's output does not match the class count it declares"),
 ])
@@ -165,5 +168,37 @@ def test_accumulate_votes_refusals_leave_counts_unchanged(labels, counts, error,
 def test_accumulate_votes_refuses_read_only_counts():
     counts = np.zeros((2, 1, 1), np.int32)
     counts.flags.writeable = False
-    with pytest.raises(TypeError, match="writable"):
+    with pytest.raises(TypeError) as error:
         kernels.accumulate_votes(np.zeros((1, 1, 1), np.uint8), counts)
+    assert str(error.value) == "counts must be a writable array (votes are accumulated in place)"
+
+
+def test_accumulate_votes_class_count_boundaries_and_an_empty_batch():
+    one = np.zeros((1, 1, 2), np.int32)  # one class: every label must be 0
+    kernels.accumulate_votes(np.zeros((3, 1, 2), np.uint8), one)
+    assert one.tolist() == [[[3, 3]]]
+    most = np.zeros((256, 1, 1), np.int32)  # 256 classes: every uint8 label is valid
+    kernels.accumulate_votes(np.array([[[255]], [[0]]], np.uint8), most)
+    assert most[255, 0, 0] == 1 and most[0, 0, 0] == 1 and most.sum() == 2
+    untouched = np.full((2, 2, 2), 7, np.int32)
+    kernels.accumulate_votes(np.zeros((0, 2, 2), np.uint8), untouched)  # no samples: nothing added
+    assert (untouched == 7).all()
+
+
+@pytest.mark.parametrize("counter, key, message", [
+    ([0.5, 0.9, 0, 0], [0, 0], "counter words must be integers in [0, 2**32), got [0.5, 0.9, 0, 0]"),
+    ([0, 0, 0, 0], [True, 0], "key words must be integers in [0, 2**32), got [True, 0]"),
+    ([0, 0, 0, 0], [0, 0, 0], "counter must be 4 uint32 words and key 2, got key of shape (3,)"),
+    ([0, 0, 0], [0, 0], "counter must be 4 uint32 words and key 2, got counter of shape (3,)"),
+])
+def test_public_philox_refusal_messages(counter, key, message):
+    with pytest.raises(ValueError) as error:
+        philox4x32(counter, key)
+    assert str(error.value) == message
+
+
+def test_public_philox_takes_integer_arrays_of_any_integer_dtype():
+    expected = kernels.philox4x32(np.array([1, 2, 3, 4], np.uint32), np.array([5, 6], np.uint32))
+    for counter in (np.array([1, 2, 3, 4], np.int8), np.array([1, 2, 3, 4], np.uint64),
+                    np.array([1, 2, 3, 4], dtype=object), (1, 2, 3, 4)):
+        assert np.array_equal(philox4x32(counter, np.array([5, 6], np.int64)), expected)

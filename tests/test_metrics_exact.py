@@ -57,6 +57,10 @@ def test_a_class_absent_from_both_scores_one_and_a_false_alarm_scores_zero():
     alarm, background = np.array([[3, 0]], np.uint8), np.zeros((1, 2), np.uint8)
     assert dice_per_class(alarm, background, range(3, 4)) == {3: 0.0}
     assert iou_per_class(alarm, background, range(3, 4)) == {3: 0.0}
+    # A pixel of class 3 called background and a background pixel called 3: TP 0, FP 1, FN 1 -> 0.
+    swapped = np.array([[0, 3]], np.uint8)
+    assert dice_per_class(swapped, alarm, range(3, 4)) == {3: 0.0}
+    assert iou_per_class(swapped, alarm, range(3, 4)) == {3: 0.0}
     # A missed pixel alone: TP 0, FP 0, FN 1 -> 0; a single correct pixel: 1.
     assert iou_per_class(background, alarm, range(3, 4)) == {3: 0.0}
     assert iou_per_class(alarm, alarm, range(3, 4)) == {3: 1.0} and dice_per_class(alarm, alarm, range(3, 4)) == {3: 1.0}
