@@ -96,12 +96,33 @@ def fill_noisy(x: np.ndarray, sigma: float, seed: int, first_sample: int, out: n
 
 
 def accumulate_votes(labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """counts[c, p] += #{b : labels[b, p] == c}; labels (B, H, W) uint8, counts (C, H, W) int32, in place."""
-    if counts.ndim != 3 or labels.ndim != 3 or labels.shape[1:] != counts.shape[1:]:
-        raise ValueError(f"labels (B, H, W) and counts (C, H, W) must agree in H, W; got labels {labels.shape} "
-                         f"and counts {counts.shape}")
+    """counts[c, p] += #{b : labels[b, p] == c}; labels uint8 (B, *S), counts int32 (C, *S), in place.
+
+    The compiled kernel's contract, check for check (same errors in the same order), so that an input one
+    implementation refuses the other refuses too: no conversion of other dtypes (a float label would be
+    truncated), C-contiguous arrays, a writable counts array, and a label >= C leaves counts unchanged.
+    """
+    for name, array in (("labels", labels), ("counts", counts)):
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"{name} must be a numpy array, got {type(array).__name__}")
+    if not counts.flags.writeable:
+        raise TypeError("counts must be a writable array (votes are accumulated in place)")
+    for name, array, dtype in (("labels", labels, np.uint8), ("counts", counts, np.int32)):
+        if array.dtype != dtype:
+            kind = np.dtype(dtype).name
+            raise TypeError(f"{name} must be a {kind} array, got {array.dtype} (convert it with .astype(np.{kind}))")
+        if array.ndim < 2:
+            raise ValueError(f"{name} must have at least 2 dimensions, got shape {array.shape}")
+        if not array.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray), got shape {array.shape} "
+                             f"with non-contiguous strides")
+    if labels.ndim != counts.ndim or labels.shape[1:] != counts.shape[1:]:
+        raise ValueError(f"labels (B, *S) and counts (C, *S) must agree after the first axis, got labels "
+                         f"{labels.shape} and counts {counts.shape}")
     num_classes = counts.shape[0]
-    pixels = labels.shape[1] * labels.shape[2]
+    if not 1 <= num_classes <= 256:
+        raise ValueError(f"num_classes must be in [1, 256], got {num_classes}")
+    pixels = int(np.prod(counts.shape[1:]))
     flat = labels.reshape(labels.shape[0], pixels)
     top = int(flat.max(initial=0))
     if top >= num_classes:
@@ -113,6 +134,20 @@ def accumulate_votes(labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return counts
 
 
+def _words(name: str, value, count: int) -> np.ndarray:
+    """`value` as `count` uint32 words, refusing what a cast to uint32 would silently change: floats (0.5
+    truncates to 0), booleans, negative or too large integers (which wrap)."""
+    words = np.asarray(value)
+    if words.shape != (count,):
+        raise ValueError(f"counter must be 4 uint32 words and key 2, got {name} of shape {words.shape}")
+    elements = list(value) if isinstance(value, (list, tuple)) else words.tolist()  # a list's True stays a bool
+    integral = words.dtype.kind in "iuO" and all(
+        isinstance(w, (int, np.integer)) and not isinstance(w, (bool, np.bool_)) for w in elements)
+    if not integral or not all(0 <= int(w) < 2**32 for w in words):
+        raise ValueError(f"{name} words must be integers in [0, 2**32), got {elements!r}")
+    return words.astype(np.uint32)
+
+
 def philox4x32_raw(counter, key) -> np.ndarray:
     """The raw generator, 4 x uint32 counter and 2 x uint32 key -> 4 x uint32, for reproducing noise.
 
@@ -120,12 +155,7 @@ def philox4x32_raw(counter, key) -> np.ndarray:
     """
     from ._ext_loader import ext
 
-    try:
-        ctr, k = np.asarray(counter, dtype=np.uint32), np.asarray(key, dtype=np.uint32)
-    except OverflowError:
-        raise ValueError("counter and key words must be integers in [0, 2**32)")
-    if ctr.shape != (4,) or k.shape != (2,):
-        raise ValueError(f"counter must be 4 uint32 words and key 2, got shapes {ctr.shape} and {k.shape}")
+    ctr, k = _words("counter", counter, 4), _words("key", key, 2)
     if ext is not None:
         return np.asarray(ext.philox4x32(ctr, k), dtype=np.uint32)
     return philox4x32(ctr, k)

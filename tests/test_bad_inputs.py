@@ -508,7 +508,8 @@ def test_read_image_random_bytes(tmp_path_factory, data, suffix, header):
 @FEW
 @given(labels=_arrays(max_side=4), counts=_arrays(max_side=4))
 def test_accumulate_votes_bad_arrays(labels, counts):
-    """Both implementations refuse with ValueError or TypeError, and agree where both accept."""
+    """Both implementations take the same inputs: each refuses with the same error type (ValueError or
+    TypeError) exactly where the other does, and where both accept they count the same votes."""
     from certseg_rt import kernels
     from certseg_rt._ext_loader import ext
 
@@ -518,10 +519,18 @@ def test_accumulate_votes_bad_arrays(labels, counts):
         try:
             impl.accumulate_votes(labels, c)
             results.append(c)
-        except (ValueError, TypeError):
-            results.append(None)
-    if len(results) == 2 and results[0] is not None and results[1] is not None:
-        assert np.array_equal(results[0], results[1])
+        except (ValueError, TypeError) as error:
+            results.append(type(error))
+    if len(results) == 2:
+        numpy_result, compiled_result = results
+        assert isinstance(numpy_result, type) == isinstance(compiled_result, type), (
+            f"numpy {'refused' if isinstance(numpy_result, type) else 'accepted'} and the extension "
+            f"{'refused' if isinstance(compiled_result, type) else 'accepted'} labels {labels.dtype} {labels.shape}, "
+            f"counts {counts.dtype} {counts.shape}")
+        if isinstance(numpy_result, type):
+            assert numpy_result is compiled_result
+        else:
+            assert np.array_equal(numpy_result, compiled_result)
 
 
 @FEW
@@ -546,17 +555,40 @@ def test_fill_noisy_refuses_out_of_range_counters(seed, first, sigma, shape):
         assert np.array_equal(outs[0], outs[1])
 
 
+def _word_lists(size):
+    words = st.one_of(st.integers(-2, 2**33), st.floats(allow_nan=True), st.booleans(), st.integers(0, 2**32 - 1))
+    return st.lists(words, min_size=size - 1, max_size=size + 1)
+
+
 @FEW
-@given(counter=st.lists(st.one_of(st.integers(-1, 2**33), st.floats(allow_nan=True)), min_size=3, max_size=5),
-       key=st.lists(st.integers(-1, 2**33), min_size=1, max_size=3))
+@given(counter=_word_lists(4), key=_word_lists(2))
 def test_philox_refuses_bad_words(counter, key):
+    """Exactly 4 counter words and 2 key words, each an integer in [0, 2**32), else ValueError: no float is
+    truncated ([0.5, 0.9, 0, 0] used to give the output of [0, 0, 0, 0]), no bool, nothing wraps modulo 2**32.
+    A valid call returns what the numpy reference returns (the compiled generator, where built, must agree)."""
+    from certseg_rt import kernels, philox4x32
+
+    def valid(words, size):
+        return len(words) == size and all(type(w) is int and 0 <= w < 2**32 for w in words)
+
+    if valid(counter, 4) and valid(key, 2):
+        r = philox4x32(counter, key)
+        assert r.dtype == np.uint32 and r.shape == (4,)
+        assert np.array_equal(r, kernels.philox4x32(np.array(counter, np.uint32), np.array(key, np.uint32)))
+    else:
+        with pytest.raises(ValueError, match="words"):
+            philox4x32(counter, key)
+
+
+@pytest.mark.parametrize("counter, key", [([0.5, 0.9, 0, 0], [0, 0]), ([0, 0, 0, 0], [0.0, 0]), ([-1, 0, 0, 0], [0, 0]),
+                                          ([2**32, 0, 0, 0], [0, 0]), ([0, 0, 0, 0], [True, 0]),
+                                          (np.zeros(4), [0, 0]), ([0, 0, 0, 0], np.array([-1, 0], np.int64)),
+                                          ([0, 0, 0], [0, 0]), ([0, 0, 0, 0], [0, 0, 0]), ([0, 0, 0, 0], [None, 0])])
+def test_philox_refuses_each_kind_of_bad_word(counter, key):
     from certseg_rt import philox4x32
 
-    try:
-        r = philox4x32(counter, key)
-    except ValueError:
-        return
-    assert r.dtype == np.uint32 and r.shape == (4,)
+    with pytest.raises(ValueError, match="words"):
+        philox4x32(counter, key)
 
 
 # ------------------------------------------------------------------------------------------- faults

@@ -87,14 +87,4 @@ def test_certify_is_deterministic_and_seeded(reference, phantom):
     assert a.record["model_files"]["segmenter.safetensors"] and a.record["backend"] == "torch-eager"
 
 
-def test_bundled_model_certifies_held_out_phantoms(reference):
-    """The bundled model's promise (README): certified Dice >= 0.85 at sigma 0.25 on held-out phantoms."""
-    from certseg_rt.data.phantom import HELD_OUT_SEEDS, make_phantom
-    from certseg_rt.metrics import mean_foreground_dice
-
-    dice = []
-    for seed in HELD_OUT_SEEDS[100:102]:
-        ph = make_phantom(seed)
-        cert = certify(reference, ph.image, seed=0)
-        dice.append(mean_foreground_dice(cert.labels, ph.mask, 4))
-    assert np.mean(dice) >= 0.85
+# The bundled models' certified Dice is pinned to README's figures in tests/test_pinned_numbers.py.

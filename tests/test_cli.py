@@ -104,7 +104,11 @@ def test_demo_writes_overlays(tmp_path):
     r = run("demo", "--out", tmp_path / "demo", "--count", "1", *FAST)
     assert r.exit_code == 0, r.output
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert 0 <= summary["rows"][0]["certified_dice"] <= summary["rows"][0]["clean_dice"] + 0.2
+    row = summary["rows"][0]
+    assert row["clean_dice"] == pytest.approx(0.978, abs=0.01)  # pinned: the segmenter alone on held-out phantom 0
+    # n = 12 cannot certify anything at alpha 0.05 over 128 * 128 pixels: the best p-value, 0.75**12 = 0.032, is
+    # far above Holm's first threshold 0.05 / 16384, so every pixel abstains and the certified Dice is exactly 0.
+    assert row["certified_dice"] == 0.0 and row["abstain_rate"] == 1.0
     img = np.asarray(Image.open(tmp_path / "demo" / "phantom_000.png"))
     assert img.shape == (128, 3 * 128, 3)
     assert "clean Dice" in r.stdout

@@ -1,4 +1,6 @@
 """One-step denoising equals diffusers' DDPMScheduler formula; t* matches the noise level."""
+import math
+
 import numpy as np
 import pytest
 
@@ -28,14 +30,72 @@ def scheduler():
                                    beta_end=0.02, clip_sample=True, prediction_type="epsilon")
 
 
-@pytest.mark.parametrize("sigma", [0.12, 0.25, 0.5, 1.0])
-def test_timestep_matches_noise_level(scheduler, sigma):
-    abar = scheduler.alphas_cumprod.double().numpy()
-    step = timestep_for_sigma(abar, sigma)
-    ratio = np.sqrt((1 - abar) / abar)
-    assert np.abs(ratio - 2 * sigma).argmin() == step.timestep
-    assert step.alpha_bar == abar[step.timestep]
-    assert step.mismatch < 0.02  # the 1000-step schedule is fine enough near these sigmas
+# t* pinned, for the bundled (linear) schedule and a cosine one.  The numbers were computed from the schedules'
+# definitions in plain Python (the functions below; no diffusers, no certseg_rt), and each test recomputes them that
+# way too, so that neither a change to the implementation nor to the pins can pass unnoticed:
+#   linear (Ho et al. 2020; the bundled denoisers): beta_i = 1e-4 + (0.02 - 1e-4) * i / 999, abar_t = prod_{i<=t} (1 - beta_i)
+#   cosine (Nichol & Dhariwal 2021; diffusers' "squaredcos_cap_v2"): f(u) = cos((u + 0.008) / 1.008 * pi / 2)**2,
+#           beta_t = min(1 - f((t + 1) / T) / f(t / T), 0.999), abar_t = prod_{i<=t} (1 - beta_i)
+#   t* = argmin_t |sqrt((1 - abar_t) / abar_t) - 2 sigma|  (README: 144, 258, 396 at sigma 0.25, 0.5, 1.0)
+T_STAR = {"linear": {0.12: 70, 0.25: 144, 0.5: 258, 1.0: 396}, "cosine": {0.12: 142, 0.25: 289, 0.5: 495, 1.0: 701}}
+
+
+def _linear_abar(steps=1000):
+    abar, a = [], 1.0
+    for i in range(steps):
+        a *= 1.0 - (1e-4 + (0.02 - 1e-4) * i / (steps - 1))
+        abar.append(a)
+    return abar
+
+
+def _cosine_abar(steps=1000):
+    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    abar, a = [], 1.0
+    for t in range(steps):
+        a *= 1.0 - min(1.0 - f((t + 1) / steps) / f(t / steps), 0.999)
+        abar.append(a)
+    return abar
+
+
+SCHEDULES = {"linear": _linear_abar, "cosine": _cosine_abar}
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_t_star_from_the_schedule_definitions_is_pinned(schedule):
+    abar = SCHEDULES[schedule]()
+    for sigma, pinned in T_STAR[schedule].items():
+        by_hand = min(range(len(abar)), key=lambda t: abs(math.sqrt((1 - abar[t]) / abar[t]) - 2 * sigma))
+        assert by_hand == pinned, (schedule, sigma)
+        step = timestep_for_sigma(abar, sigma)
+        assert step.timestep == pinned and step.alpha_bar == abar[pinned] and step.sigma == sigma
+        assert step.mismatch < 0.02  # the 1000-step schedules are fine enough near these sigmas
+
+
+@pytest.mark.parametrize("schedule, config", [("linear", dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)),
+                                              ("cosine", dict(beta_schedule="squaredcos_cap_v2"))])
+def test_t_star_of_diffusers_schedulers_is_pinned(schedule, config):
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, **config)
+    for sigma, pinned in T_STAR[schedule].items():
+        assert timestep_for_sigma(scheduler.alphas_cumprod.numpy(), sigma).timestep == pinned, (schedule, sigma)
+
+
+@pytest.mark.parametrize("model", ["chest", "skin", "polyp"])
+def test_t_star_of_the_bundled_denoisers_is_readmes(model):
+    from certseg_rt.zoo import bundled_model_dir
+
+    scheduler = diffusers.DDPMScheduler.from_pretrained(bundled_model_dir(model) / "denoiser" / "scheduler")
+    got = {sigma: timestep_for_sigma(scheduler.alphas_cumprod.numpy(), sigma).timestep for sigma in (0.25, 0.5, 1.0)}
+    assert got == {0.25: 144, 0.5: 258, 1.0: 396}
+
+
+def test_t_star_is_chosen_in_double_precision():
+    """diffusers keeps alphas_cumprod in float32; the choice of t* is made in float64 whatever the input's dtype.
+    Two float32 abar either side of 0.8 (ratio 0.5 = 2 * 0.25): float64 finds the second closer, float32
+    arithmetic would pick the first."""
+    abar = np.array([0.7999977, 0.8000023], np.float32)
+    ratios = np.sqrt((1 - abar.astype(np.float64)) / abar.astype(np.float64))
+    assert np.argmin(np.abs(ratios - 0.5)) == 1
+    assert timestep_for_sigma(abar, 0.25).timestep == 1
 
 
 @pytest.mark.parametrize("sigma", [0.25, 0.5])
