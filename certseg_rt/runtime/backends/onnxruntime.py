@@ -10,8 +10,11 @@ import numpy as np
 
 from ...errors import CertsegError
 from ...manifest import REBUILD
-from ..sampling import GraphBackend, check_input
+from ..sampling import GraphBackend, MemoryCosts, check_input
 
+# Measured by benchmarks/memory_budget.py (peak RSS of certify at 512x512): ONNX Runtime's arena and its
+# NCHWc reorders hold more than the live tensors of torch's forward pass.
+MEMORY = MemoryCosts(base_bytes=300 << 20, activation_factor=2.8)
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
@@ -141,7 +144,8 @@ class OnnxSegmenter:
         return np.argmax(logits[0], axis=0).astype(np.uint8)
 
 
-def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, provider: str = "cpu"):
+def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, provider: str = "cpu",
+                max_memory=None):
     """An onnxruntime engine directory (manifest already checked) -> OnnxRuntimeBackend."""
     from . import engine_batch_size
 
@@ -150,7 +154,7 @@ def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, pr
     except ImportError:
         raise CertsegError("ONNX Runtime is not installed; pip install 'certseg-rt[cpu]'")
     check_versions(manifest)
-    batch = engine_batch_size(manifest, batch_size)
+    batch = engine_batch_size(manifest, batch_size, max_memory=max_memory, costs=MEMORY if provider == "cpu" else None)
     fused, segmenter = graph_paths(engine_dir, manifest)
     session = make_session(fused, provider, threads)
     check_graph_matches(session, manifest, fused.name)
