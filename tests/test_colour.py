@@ -255,14 +255,15 @@ def test_evaluate_resized_dataset_scores_at_the_image_size(tmp_path):
 # ---- bench on a colour model ----------------------------------------------------------------------------------------
 
 def test_bench_colour_model_rows(tmp_path):
-    r = CliRunner().invoke(main, ["bench", "--model", "polyp", "--quick", "--sizes", "64", "--precisions", "fp32",
+    r = CliRunner().invoke(main, ["bench", "--model", "polyp", "--quick", "--sizes", "64", "--engines",
+                                  "onnxruntime:fp32,tensorrt:fp16", "--references", "torch-eager:fp32",
                                   "--repeats", "1", "--json"])
     assert r.exit_code == 0, r.output
     result = json.loads(r.stdout)
     assert result["model"] == "polyp"
     assert {row["backend"] for row in result["rows"]} == {"reference-loop", "torch-eager", "onnxruntime"}
     assert all(row["image_size"] == 64 and row["certified_dice"] is not None for row in result["rows"])
-    assert result["tensorrt"]["rows"] is False and result["tensorrt"]["skipped_because"]  # no GPU here
+    assert result["skipped"]["tensorrt:fp16"]  # no GPU here
 
 
 # ---- kernels: noise over all channels ------------------------------------------------------------------------------
