@@ -82,7 +82,7 @@ def engine_batch_size(manifest: dict, batch_size: int | None, *, max_memory: int
     """The batch size to run: the requested one (default the engine's optimum) inside the engine's range,
     lowered to the largest batch of the range whose estimated peak memory fits ``max_memory`` (default:
     half the memory available now) when the runner knows its ``costs``."""
-    from ..sampling import default_memory_budget, fit_batch_size
+    from ..sampling import default_memory_budget, fit_batch_size, parse_memory
 
     sizes = manifest["batch_sizes"]
     batch = batch_size or sizes["opt"]
@@ -90,5 +90,5 @@ def engine_batch_size(manifest: dict, batch_size: int | None, *, max_memory: int
         raise CertsegError(f"batch size {batch} is outside the engine's range {sizes['min']}..{sizes['max']}")
     if costs is None:
         return batch
-    budget = default_memory_budget() if max_memory is None else max_memory
+    budget = default_memory_budget() if max_memory is None else parse_memory(max_memory)
     return fit_batch_size(costs.estimate(manifest), budget, sizes["min"], batch)

@@ -36,10 +36,11 @@ from ...errors import CertsegError
 from ..sampling import GraphBackend, MemoryCosts, check_input
 
 INFERENCE_PRECISIONS = ("f32", "bf16")  # values of the manifest's openvino.inference_precision
-# Measured by benchmarks/memory_budget.py (peak RSS of certify at 512x512): OpenVINO's CPU plugin fuses and
-# reuses buffers, so one sample holds less than torch's live tensors; the 2 counts the partial-batch models
-# (powers of two below the batch, together up to one more batch) next to the full one.
-MEMORY = MemoryCosts(base_bytes=250 << 20, activation_factor=2 * 0.85)
+# Measured by benchmarks/memory_budget.py (peak RSS of certify at 512x512: 296 MB at batch 1; 1181 MB at batch 8
+# with the models for 2 and 1 compiled too, 88 MB per compiled sample against 105 MB of torch's live tensors):
+# OpenVINO's CPU plugin fuses and reuses buffers.  The 2 counts the partial-batch models (powers of two below
+# the batch: together up to one batch more) next to the full one.
+MEMORY = MemoryCosts(base_bytes=150 << 20, activation_factor=2 * 0.85)
 
 
 def rebuild_hint(precision: str = "fp32") -> str:

@@ -12,13 +12,14 @@ import functools
 import numpy as np
 import torch
 
-from ..sampling import GraphBackend, MemoryCosts, default_memory_budget, fit_batch_size
+from ..sampling import GraphBackend, MemoryCosts, default_memory_budget, fit_batch_size, parse_memory
 
 PRECISIONS = ("fp32", "bf16")
 LAYOUTS = ("nchw", "channels_last")
-# Measured by benchmarks/memory_budget.py (peak RSS of certify at 512x512, batches 1 and 8): eager torch frees
-# each activation after its last use, so it holds about what export/memory.py counts, plus oneDNN's reorders.
-MEMORY = MemoryCosts(base_bytes=450 << 20, activation_factor=1.3)
+# Measured by benchmarks/memory_budget.py (peak RSS of certify at 512x512, batches 1 and 8: 660 and 1842 MB, 169 MB
+# per sample against 105 MB of live tensors): eager torch frees each activation after its last use, and oneDNN's
+# reorders and scratch add the rest; torch itself takes ~470 MB.
+MEMORY = MemoryCosts(base_bytes=480 << 20, activation_factor=1.65)
 
 
 def unavailable() -> str | None:
@@ -42,6 +43,29 @@ class TorchEagerBackend(GraphBackend):
         self.model = model.eval().to(memory_format=self.memory_format)
         if threads:
             torch.set_num_threads(threads)
+        self.memory: dict | None = None  # set by open_model: what fitting the batch to a budget needs
+
+    def fit_batch(self, height: int, width: int) -> int:
+        """The batch for images of this size under the budget: torch takes any size, and its activations grow
+        with the pixels, so the batch is fitted per image size (the engine runners fit theirs once)."""
+        if self.memory is not None and self.memory.get("pixels") != height * width:
+            m = self.memory
+            scale = height * width / (m["height"] * m["width"])
+            estimate = MEMORY.estimate({
+                "memory": {"activation_bytes_per_sample": m["activation_bytes"] * scale,
+                           "weights_bytes": m["weights_bytes"]},
+                "input": {"channels": self.channels, "height": height, "width": width},
+                "classes": list(range(self.num_classes))})
+            self.batch_size = fit_batch_size(estimate, m["budget"], 1, m["requested"])
+            m["pixels"] = height * width
+            self.record["batch_size"] = self.batch_size
+        return self.batch_size
+
+    def sample_counts(self, x, num, seed, offset):
+        x = np.asarray(x)
+        if x.ndim >= 2:
+            self.fit_batch(*x.shape[-2:])
+        return super().sample_counts(x, num, seed, offset)
 
     def infer(self, x_noisy: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(x_noisy).contiguous(memory_format=self.memory_format)
@@ -60,7 +84,8 @@ def open_model(model_dir, sigma: float, *, batch_size: int = 16, denoiser: bool 
                precision: str = "fp32", layout: str = "nchw", max_memory: int | None = None) -> TorchEagerBackend:
     """The torch reference backend for a model directory, with what it certifies recorded on it.
 
-    The batch is ``batch_size``, lowered to fit ``max_memory`` (default: half the memory available now)."""
+    The batch is ``batch_size``, lowered to fit ``max_memory`` (bytes or e.g. "2G"; default: half the memory
+    available now)."""
     from ...export.loaders import load_model_dir
     from ...export.memory import peak_activation_bytes
     from ...manifest import hash_files
@@ -72,14 +97,12 @@ def open_model(model_dir, sigma: float, *, batch_size: int = 16, denoiser: bool 
     model = source.denoise_segment(sigma)
     activations = peak_activation_bytes(model, torch.rand(1, source.channels, source.height, source.width))
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    estimate = MEMORY.estimate({"memory": {"activation_bytes_per_sample": activations, "weights_bytes": weights},
-                                "input": {"channels": source.channels, "height": source.height,
-                                          "width": source.width}, "classes": source.classes})
-    budget = default_memory_budget() if max_memory is None else max_memory
-    batch = fit_batch_size(estimate, budget, 1, batch_size)
+    budget = default_memory_budget() if max_memory is None else parse_memory(max_memory)
     backend = TorchEagerBackend(model, sigma=sigma, num_classes=source.num_classes, channels=source.channels,
-                                size_multiple=source.size_multiple, batch_size=batch, threads=threads,
+                                size_multiple=source.size_multiple, batch_size=batch_size, threads=threads,
                                 precision=precision, layout=layout)
+    backend.memory = {"activation_bytes": activations, "weights_bytes": weights, "height": source.height,
+                      "width": source.width, "budget": budget, "requested": batch_size}
     step = source.one_step(sigma)
     backend.source = source
     backend.segment = functools.partial(segment_clean, source.segmenter)
@@ -88,12 +111,13 @@ def open_model(model_dir, sigma: float, *, batch_size: int = 16, denoiser: bool 
         "backend": backend.name,
         "precision": precision,
         "layout": layout,
-        "batch_size": batch,
+        "batch_size": batch_size,
         "modality": source.modality,
         "denoiser": None if step is None else {"timestep": step.timestep, "alpha_bar": step.alpha_bar},
         "model_files": hash_files(source.files),
         "torch": torch.__version__,
     }
+    backend.fit_batch(source.height, source.width)  # refuses, in one line, a budget too small for one sample
     return backend
 
 
