@@ -48,7 +48,7 @@ print(json.dumps({"batch": backend.batch_size, "peak_mb": peak_rss_mb(),
 
 def child(backend: str, target: str, size: int, batch: int, budget: str) -> dict:
     r = subprocess.run([sys.executable, "-c", CHILD, backend, target, str(size), str(batch), budget],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     if r.returncode != 0:
         return {"error": (r.stderr.strip().splitlines() or ["?"])[-1]}
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -76,7 +76,7 @@ def main() -> None:
                 print(f"building a {backend} engine at {args.size}x{args.size} ...", file=sys.stderr, flush=True)
                 r = subprocess.run([sys.executable, "-m", "certseg_rt.cli", "build-engine", "--backend", backend,
                                     "--image-size", str(args.size),
-                                    "--out", target], capture_output=True, text=True)
+                                    "--out", target], capture_output=True, text=True, check=False)
                 if r.returncode != 0:
                     sys.exit(f"build-engine --backend {backend} failed: {r.stderr.strip().splitlines()[-1:]}")
             runs = {}

@@ -118,7 +118,7 @@ def test_512_certify_within_2_gb(tmp_path):
     out = tmp_path / "engine512"
     r = CliRunner().invoke(main, ["build-engine", "--image-size", "512", "--out", str(out)])
     assert r.exit_code == 0, r.output
-    run = subprocess.run([sys.executable, "-c", CERTIFY_512, str(out)], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-c", CERTIFY_512, str(out)], capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
     got = json.loads(run.stdout.strip().splitlines()[-1])
     assert 1 <= got["batch"] < 16

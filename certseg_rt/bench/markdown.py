@@ -1,8 +1,6 @@
 """A bench result as the README's table: the machine line, one row per configuration, the summary lines."""
 from __future__ import annotations
 
-from .suite import row_name
-
 
 def machine_line(result: dict) -> str:
     m = result["machine"]
@@ -14,9 +12,9 @@ def machine_line(result: dict) -> str:
 
 
 def to_markdown(result: dict) -> str:
-    lines = [machine_line(result), "",
-             "| backend | precision | layout | image | n0 + n | batch | seconds (median) | samples/s | peak RSS MB | "
-             "certified Dice | GFLOP/s | of peak (which) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    header = ("| backend | precision | layout | image | n0 + n | batch | seconds (median) | samples/s | peak RSS MB | "
+              "certified Dice | GFLOP/s | of peak (which) |")
+    lines = [machine_line(result), "", header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         dice = "-" if r["certified_dice"] is None else f"{r['certified_dice']:.3f}"
         frac = "-" if r.get("fraction_of_peak") is None else f"{r['fraction_of_peak']:.1%} ({r['peak']})"

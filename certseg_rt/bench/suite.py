@@ -102,7 +102,7 @@ def check_arguments(*, sizes, batch_sizes, repeats, engine_dir=None) -> None:
 
 # ------------------------------------------------------------------------------------------------ a run
 def row_in_subprocess(spec: dict) -> dict:
-    r = subprocess.run([sys.executable, "-m", "certseg_rt.bench", json.dumps(spec)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "certseg_rt.bench", json.dumps(spec)], capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise RuntimeError(f"bench row {row_name(spec)} failed: {r.stderr.strip().splitlines()[-1:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])

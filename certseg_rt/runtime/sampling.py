@@ -48,9 +48,19 @@ def check_input(x: np.ndarray, channels: int, size_multiple: int = 1) -> np.ndar
 
 
 class GraphBackend:
-    """Base for backends that only run a graph: subclasses implement ``infer`` (and set the attributes)."""
+    """Base for backends that only run a graph: subclasses implement ``infer`` (and set the attributes).
+
+    ``static_batch``: reduced-precision kernels (OpenVINO bf16 and int8, torch bf16 here) can give a sample
+    other labels at another batch size (they pick other kernels for small batches; measured: ~1e-4 of the
+    pixels at batch 1 against batch 16), so a loop that ran a call's last, partial batch at its own size
+    would mix two base models in one count.  A backend that sets it runs every sample of a call at one batch
+    size, ``call_batch(num)`` = ceil(num / ceil(num / batch_size)) (10 for n0 = 10, 15 for n = 100 at batch
+    16), the last batch padded with stale samples whose labels are discarded: at most one sample per batch is
+    wasted, and a sample's labels depend only on its noise and that size.
+    """
 
     name = "graph"
+    static_batch = False
 
     def __init__(self, *, sigma: float, num_classes: int, channels: int, size_multiple: int, batch_size: int):
         if batch_size < 1:
@@ -75,18 +85,25 @@ class GraphBackend:
 
     def _buffer(self, shape: tuple[int, ...]) -> np.ndarray:
         full = (self.batch_size, *shape)
-        if self._noisy.shape != full:
-            self._noisy = np.empty(full, np.float32)
+        if self._noisy.shape != full:  # zeros: the padding of a static batch is never uninitialised memory
+            self._noisy = np.zeros(full, np.float32)
         return self._noisy
+
+    def call_batch(self, num: int) -> int:
+        """The batch size every sample of a call of `num` samples runs at (static_batch backends)."""
+        batches = -(-num // self.batch_size)
+        return -(-num // batches)
 
     def sample_counts(self, x: np.ndarray, num: int, seed: int, offset: int) -> np.ndarray:
         x = check_input(x, self.channels, self.size_multiple)
         counts = np.zeros((self.num_classes, *x.shape[1:]), np.int32)
         noisy = self._buffer(x.shape)
-        for start in range(0, num, self.batch_size):
-            b = min(self.batch_size, num - start)
+        step = self.call_batch(num) if self.static_batch else self.batch_size
+        for start in range(0, num, step):
+            b = min(step, num - start)
             _kernels.fill_noisy(x, self.sigma, seed, offset + start, noisy[:b])
-            _kernels.accumulate_votes(self.infer(noisy[:b]), counts)
+            labels = self.infer(noisy[:step] if self.static_batch else noisy[:b])
+            _kernels.accumulate_votes(labels[:b], counts)
             if self.progress is not None:
                 self.progress(b)
         return counts
@@ -123,10 +140,11 @@ def parse_memory(value) -> int:
 def available_memory() -> int:
     """Bytes this machine can give a new process now: MemAvailable (Linux), else the physical memory."""
     try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
         pass
     import os
 
@@ -142,6 +160,15 @@ def default_memory_budget() -> int:
 
 
 @dataclass(frozen=True)
+class MemoryEstimate:
+    fixed: int  # bytes at any batch size
+    per_sample: int  # bytes added by each sample of a batch
+
+    def at(self, batch: int) -> int:
+        return self.fixed + batch * self.per_sample
+
+
+@dataclass(frozen=True)
 class MemoryCosts:
     """What a runner's library adds to the model's own numbers, measured on it (peak RSS of a certify):
     ``peak ~= base_bytes + weights_factor * weights + batch * (activation_factor * activations + input/output)``."""
@@ -150,11 +177,19 @@ class MemoryCosts:
     activation_factor: float  # blocked layouts, scratch, arenas: bytes held per byte of torch's live tensors
     weights_factor: float = 2.0  # the weights as read from the file plus the library's packed copy
 
-    def estimate(self, manifest: dict) -> "MemoryEstimate | None":
+    def estimate(self, manifest: dict) -> MemoryEstimate | None:
         """The estimate for an engine (None if its manifest has no field memory: an engine built before it)."""
         memory = manifest.get("memory")
-        if not isinstance(memory, dict):
+        if memory is None:
             return None
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1 << 50
+        if not isinstance(memory, dict) or not all(number(memory.get(k)) for k in
+                                                   ("activation_bytes_per_sample", "weights_bytes")):
+            from ..errors import CertsegError
+            from ..manifest import REBUILD
+
+            raise CertsegError(f"engine field memory must give activation_bytes_per_sample and weights_bytes as "
+                               f"numbers of bytes; {REBUILD}")
         inp = manifest["input"]
         pixels = int(inp["height"]) * int(inp["width"])
         io = pixels * (4 * int(inp["channels"]) + 1)  # the noisy float32 input and the uint8 labels of a sample
@@ -162,15 +197,6 @@ class MemoryCosts:
         return MemoryEstimate(
             fixed=int(self.base_bytes + self.weights_factor * memory["weights_bytes"] + counts),
             per_sample=int(self.activation_factor * memory["activation_bytes_per_sample"] + io))
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    fixed: int  # bytes at any batch size
-    per_sample: int  # bytes added by each sample of a batch
-
-    def at(self, batch: int) -> int:
-        return self.fixed + batch * self.per_sample
 
 
 def fit_batch_size(estimate: MemoryEstimate | None, budget: int, smallest: int, largest: int) -> int:

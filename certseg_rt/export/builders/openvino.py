@@ -55,13 +55,12 @@ def cpu_isa() -> list[str]:
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
               "amx_int8")
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                flags = set(line.partition(":")[2].split())
-                return [f for f in wanted if f in flags]
+        with open("/proc/cpuinfo") as f:
+            line = next((line for line in f if line.startswith("flags")), "")
     except OSError:
-        pass
-    return []
+        line = ""
+    flags = set(line.partition(":")[2].split())
+    return [f for f in wanted if f in flags]
 
 
 def convert(onnx_path: Path, metadata: dict):

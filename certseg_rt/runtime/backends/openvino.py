@@ -11,9 +11,10 @@ Dice).  This runner
   plugin's default is bf16, so an fp32 engine compiled without the hint would silently run bf16.  The hint
   is read back from the compiled model and must be what the manifest says;
 * reshapes the model to a static batch (a dynamic batch runs ~1.5x slower here), latency settings
-  (``PERFORMANCE_HINT`` LATENCY, one stream, threads from the manifest or ``threads``), and compiles the
-  full batch once; a call's last, partial batch runs as batches of powers of two below it (1, 2, 4 ...),
-  each compiled once on first use, so at most log2(batch) more models exist and no sample is computed twice;
+  (``PERFORMANCE_HINT`` LATENCY, one stream, threads from the manifest or ``threads``).  bf16 and int8 give
+  a sample other labels at batch 1 than at batch 16 (other kernels; ~1e-4 of the pixels), so every sample
+  of a call runs at one batch size (``GraphBackend.static_batch``: 10 for n0 = 10, 15 for n = 100 at batch
+  16, the last batch padded): each size is compiled on first use and the two last used are kept;
 * feeds each infer request ``ov.Tensor``s over the sampling loop's own noisy buffer and label buffer
   (``shared_memory=True``): no copy per batch.
 
@@ -37,9 +38,9 @@ from ..sampling import GraphBackend, MemoryCosts, check_input
 
 INFERENCE_PRECISIONS = ("f32", "bf16")  # values of the manifest's openvino.inference_precision
 # Measured by benchmarks/memory_budget.py (peak RSS of certify at 512x512: 296 MB at batch 1; 1181 MB at batch 8
-# with the models for 2 and 1 compiled too, 88 MB per compiled sample against 105 MB of torch's live tensors):
-# OpenVINO's CPU plugin fuses and reuses buffers.  The 2 counts the partial-batch models (powers of two below
-# the batch: together up to one batch more) next to the full one.
+# with models for 2 and 1 compiled too, 88 MB per compiled sample against 105 MB of torch's live tensors):
+# OpenVINO's CPU plugin fuses and reuses buffers.  The 2 counts the two compiled batch sizes kept (each at
+# most the batch).
 MEMORY = MemoryCosts(base_bytes=150 << 20, activation_factor=2 * 0.85)
 
 
@@ -102,6 +103,8 @@ def read_model(core, xml: Path):
 
 class OpenVinoBackend(GraphBackend):
     name = "openvino"
+    static_batch = True
+    KEEP = 2  # compiled batch sizes kept (a certify uses two: n0's and n's)
 
     def __init__(self, core, model, properties: dict, *, sigma, num_classes, channels, height, width, batch_size):
         super().__init__(sigma=sigma, num_classes=num_classes, channels=channels, size_multiple=1,
@@ -112,12 +115,22 @@ class OpenVinoBackend(GraphBackend):
         self._labels = np.empty((batch_size, height, width), np.uint8)
         self._requests: dict[int, object] = {}  # batch -> infer request of the model compiled for it
         self._bound: dict[int, int] = {}  # batch -> address of the input buffer its request reads
-        self.compiled = self._request(batch_size)[1]
+        self._request(batch_size)  # compiled at load: a model that cannot compile fails here
+
+    @property
+    def compiled(self):
+        """The compiled model used last (after loading: the one for the full batch)."""
+        return next(reversed(self._requests.values()))[1]
 
     def _request(self, batch: int):
         if batch not in self._requests:
+            while len(self._requests) >= self.KEEP:  # the least recently used goes (dicts keep insertion order)
+                self._bound.pop(next(iter(self._requests)), None)
+                del self._requests[next(iter(self._requests))]
             compiled = compile_static(self.core, self.model, batch, self.properties)
             self._requests[batch] = (compiled.create_infer_request(), compiled)
+        else:
+            self._requests[batch] = self._requests.pop(batch)
         return self._requests[batch]
 
     def _run(self, x: np.ndarray, labels: np.ndarray) -> None:
@@ -131,15 +144,11 @@ class OpenVinoBackend(GraphBackend):
         request.infer()
 
     def infer(self, x_noisy: np.ndarray) -> np.ndarray:
+        """One static batch of x_noisy.shape[0] samples (compiled for that size on first use)."""
         b = x_noisy.shape[0]
-        if b == self.batch_size:
-            self._run(x_noisy, self._labels)
-            return self._labels
-        start = 0
-        for size in (1 << k for k in reversed(range(b.bit_length()))):  # b = sum of its binary digits
-            if b & size:
-                self._run(x_noisy[start:start + size], self._labels[start:start + size])
-                start += size
+        if b > self.batch_size:
+            raise ValueError(f"a batch of {b} exceeds the backend's batch size {self.batch_size}")
+        self._run(x_noisy, self._labels[:b])
         return self._labels[:b]
 
     def sample_counts(self, x, num, seed, offset):
