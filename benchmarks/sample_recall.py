@@ -29,11 +29,11 @@ def main() -> None:
 
     from certseg_rt import certify, kernels
     from certseg_rt.data import HELD_OUT_SEEDS
-    from certseg_rt.runtime.backends.torch_eager import reference_backend
+    from certseg_rt.runtime.backends.torch_eager import open_model
     from certseg_rt.zoo import bundled_model_dir
 
     n0, seed = 10, 0
-    backend = reference_backend(bundled_model_dir(args.model), args.sigma, batch_size=10,
+    backend = open_model(bundled_model_dir(args.model), args.sigma, batch_size=10,
                                 denoiser=not args.no_denoiser)
     ph = backend.source.phantom(HELD_OUT_SEEDS[args.image])
     target = ph.mask == 1

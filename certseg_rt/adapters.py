@@ -137,7 +137,15 @@ class ReplicatedInput:
         self.backend = backend
         self.adapter = adapter
         self.channels = adapter.image_channels
-        self.record = {**getattr(backend, "record", {}), "adapter": adapter.describe()}
+        self._record: dict = {}  # what a caller set on top of the backend's record
+
+    @property
+    def record(self) -> dict:  # read live: the torch reference updates its batch per image size
+        return {**getattr(self.backend, "record", {}), **self._record, "adapter": self.adapter.describe()}
+
+    @record.setter
+    def record(self, value: dict):
+        self._record = dict(value)
 
     def sample_counts(self, x: np.ndarray, num: int, seed: int, offset: int) -> np.ndarray:
         return self.backend.sample_counts(self.adapter.image(x), num, seed, offset)

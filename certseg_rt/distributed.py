@@ -120,9 +120,10 @@ class Target:
     batch_size: int
     denoiser: bool = True
     gpu: bool = False  # one GPU per actor (TensorRT engines)
+    max_memory: int | None = None  # memory budget per worker (bytes; None: half of what the worker has)
 
 
-def engine_target(engine: Path, sigma: float | None, batch_size: int) -> Target:
+def engine_target(engine: Path, sigma: float | None, batch_size: int, max_memory: int | None = None) -> Target:
     """Check an engine directory on the driver (manifest, hashes, sigma, batch size) before any worker starts."""
     from .manifest import load_manifest
     from .runtime.backends import RUNNERS, runner
@@ -141,10 +142,11 @@ def engine_target(engine: Path, sigma: float | None, batch_size: int) -> Target:
     from .adapters import image_channels
 
     return Target("engine", str(Path(engine).resolve()), built, tuple(manifest["classes"]),
-                  image_channels(manifest), batch_size, gpu=RUNNERS[kind].gpu)
+                  image_channels(manifest), batch_size, gpu=RUNNERS[kind].gpu, max_memory=max_memory)
 
 
-def model_target(model_dir: Path, sigma: float, batch_size: int, denoiser: bool) -> Target:
+def model_target(model_dir: Path, sigma: float, batch_size: int, denoiser: bool,
+                 max_memory: int | None = None) -> Target:
     """Check a model directory on the driver (segmenter.json, denoiser/) without loading torch."""
     model_dir = Path(model_dir)
     try:
@@ -156,7 +158,8 @@ def model_target(model_dir: Path, sigma: float, batch_size: int, denoiser: bool)
         raise CertsegError(f"{model_dir}/segmenter.json is not a valid model config ({type(e).__name__}: {e})")
     if denoiser and not (model_dir / "denoiser").is_dir():
         raise CertsegError(f"{model_dir} has no denoiser/; give --no-denoiser for plain randomized smoothing")
-    return Target("model", str(model_dir.resolve()), float(sigma), classes, channels, batch_size, denoiser)
+    return Target("model", str(model_dir.resolve()), float(sigma), classes, channels, batch_size, denoiser,
+                  max_memory=max_memory)
 
 
 def _open(target: Target, root: Path, threads: int):
@@ -164,12 +167,13 @@ def _open(target: Target, root: Path, threads: int):
     if target.kind == "engine":
         from .runtime.segmenter import CertifiedSegmenter
 
-        seg = CertifiedSegmenter.load(root, batch_size=target.batch_size, threads=threads)
+        seg = CertifiedSegmenter.load(root, batch_size=target.batch_size, threads=threads,
+                                      max_memory=target.max_memory)
         return seg.backend, seg.segment
-    from .runtime.backends.torch_eager import reference_backend
+    from .runtime.backends import open_model
 
-    backend = reference_backend(root, target.sigma, batch_size=target.batch_size, denoiser=target.denoiser,
-                                threads=threads)
+    backend = open_model(root, target.sigma, batch_size=target.batch_size, denoiser=target.denoiser,
+                         threads=threads, max_memory=target.max_memory)
     return backend, backend.segment
 
 

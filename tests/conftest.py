@@ -13,9 +13,9 @@ def chest_dir():
 def reference(chest_dir):
     """The torch reference backend on the bundled chest model at the default sigma."""
     pytest.importorskip("torch")
-    from certseg_rt.runtime.backends.torch_eager import reference_backend
+    from certseg_rt.runtime.backends.torch_eager import open_model
 
-    return reference_backend(chest_dir, 0.25, batch_size=8)
+    return open_model(chest_dir, 0.25, batch_size=8)
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +61,31 @@ class BernoulliBackend:
 @pytest.fixture
 def bernoulli_backend():
     return BernoulliBackend
+
+
+@pytest.fixture(scope="session")
+def openvino_engines(tmp_path_factory):
+    """OpenVINO engine directories of the bundled model at 128x128, fp32 (through the CLI), bf16 (where the CPU
+    has native bf16) and int8 (NNCF), built once per session: ~20-40 s each here, parity included."""
+    pytest.importorskip("torch")
+    pytest.importorskip("openvino")
+    from click.testing import CliRunner
+
+    from certseg_rt.cli import main
+    from certseg_rt.export.build import build_engine
+    from certseg_rt.export.loaders import load_source
+    from certseg_rt.runtime.backends.openvino import cpu_capabilities
+    from certseg_rt.zoo import bundled_model_dir
+    import openvino
+
+    root = tmp_path_factory.mktemp("openvino")
+    r = CliRunner().invoke(main, ["build-engine", "--backend", "openvino", "--out", str(root / "fp32"),
+                                  "--batch-sizes", "1,8,32"])
+    assert r.exit_code == 0, r.output
+    engines = {"fp32": root / "fp32"}
+    precisions = ["int8"] + (["bf16"] if "BF16" in cpu_capabilities(openvino.Core()) else [])
+    for precision in precisions:
+        build_engine(load_source(bundled_model_dir("chest")), 0.25, root / precision, backend="openvino",
+                     precision=precision, batch_sizes=(1, 8, 32), log=lambda m: None)
+        engines[precision] = root / precision
+    return engines

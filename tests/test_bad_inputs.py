@@ -187,6 +187,12 @@ CLI_CASES = {
                                    "sigma"),
     "certify engine batch 100": (["certify", "{png}", "--engine", "{engine}", "--batch-size", "100",
                                   "--out", "{out}/mask.png"], "outside the engine's range"),
+    "certify max-memory lots": (["certify", "{png}", "--max-memory", "lots", "--out", "{out}/mask.png"],
+                                "--max-memory"),
+    "certify max-memory 1K": (["certify", "{png}", "--max-memory", "1K", "--out", "{out}/mask.png"], "64 MiB"),
+    "certify engine max-memory 100M": (["certify", "{png}", "--engine", "{engine}", "--max-memory", "100M",
+                                        "--out", "{out}/mask.png"], "over the budget"),
+    "certify threads 0": (["certify", "{png}", "--threads", "0", "--out", "{out}/mask.png"], "--threads"),
     # demo
     "demo count 0": (["demo", "--count", "0", "--out", "{out}"], "count"),
     "demo tau 0.5": (["demo", "--tau", "0.5", "--out", "{out}"], "tau"),
@@ -228,6 +234,7 @@ CLI_CASES = {
     "evaluate sigma -1": (["evaluate", "{dataset}", "--sigma", "0.25,-1", "--out", "{out}"], "sigma"),
     "evaluate n0 0": (["evaluate", "{dataset}", "--n0", "0", "--out", "{out}"], "n0"),
     "evaluate batch 0": (["evaluate", "{dataset}", "--batch-size", "0", "--out", "{out}"], "batch-size"),
+    "evaluate max-memory 2X": (["evaluate", "{dataset}", "--max-memory", "2X", "--out", "{out}"], "--max-memory"),
     "evaluate engine two sigmas": (["evaluate", "{dataset}", "--engine", "{engine}", "--sigma", "0.25,0.5",
                                     "--out", "{out}"], "one sigma"),
     "evaluate engine other sigma": (["evaluate", "{dataset}", "--engine", "{engine}", "--sigma", "0.5",
@@ -242,11 +249,14 @@ CLI_CASES = {
     "bench sizes 100": (["bench", "--sizes", "100"], "multiples of 8"),
     "bench batch 0": (["bench", "--batch-sizes", "0,8"], "batch sizes must be >= 1"),
     "bench repeats 0": (["bench", "--repeats", "0"], "--repeats"),
-    "bench torch fp16": (["bench", "--torch-precisions", "fp32,fp16"], "--torch-precisions"),
-    "bench tensorrt int8": (["bench", "--tensorrt-precisions", "fp16,int8"], "--tensorrt-precisions"),
-    "bench precision fp64": (["bench", "--precisions", "fp32,fp64"], "fp64"),
+    "bench torch fp16": (["bench", "--references", "torch-eager:fp32,torch-eager:fp16"], "--references"),
+    "bench torch layout": (["bench", "--references", "torch-eager:fp32:nhwc"], "--references"),
+    "bench tensorrt int8": (["bench", "--engines", "tensorrt:fp16,tensorrt:int8"], "--engines"),
+    "bench precision fp64": (["bench", "--engines", "onnxruntime:fp32,onnxruntime:fp64"], "onnxruntime:fp64"),
+    "bench unknown backend": (["bench", "--engines", "tflite:fp32"], "tflite:fp32"),
+    "bench max-memory": (["bench", "--max-memory", "lots"], "--max-memory"),
     "bench engine missing": (["bench", "--engine", "{missing}"], "does not exist"),
-    "bench engine other size": (["bench", "--engine", "{engine}", "--sizes", "256"], "fp32 engine for the first"),
+    "bench engine other size": (["bench", "--engine", "{engine}", "--sizes", "256"], "engine for the first size"),
 }
 
 
@@ -258,12 +268,13 @@ def _fill(arg, names):
 
 @pytest.mark.parametrize("case", list(CLI_CASES))
 def test_cli_bad_input_is_one_line_exit_1_and_writes_nothing(case, files, engine_dir, tmp_path, monkeypatch):
-    import certseg_rt.bench as bench
+    import certseg_rt.bench.rows as rows
+    import certseg_rt.bench.suite as suite
 
     def never(*args, **kwargs):
         raise AssertionError("the real bench would run")
-    for name in ("machine", "gflop_per_sample", "_row_in_subprocess"):
-        monkeypatch.setattr(bench, name, never)
+    for module, name in ((suite, "machine"), (rows, "gflop_per_sample"), (suite, "row_in_subprocess")):
+        monkeypatch.setattr(module, name, never)
     args, needle = CLI_CASES[case]
     out = tmp_path / "out"
     names = {k: str(v) for k, v in files.items()} | {"out": str(out), "engine": str(engine_dir)}

@@ -107,7 +107,7 @@ def test_certify_resizes_to_the_model_and_maps_the_mask_back(colour_png, tmp_pat
     from certseg_rt.certify import certify
     from certseg_rt.io import read_image
     from certseg_rt.resize import fit_to_model
-    from certseg_rt.runtime.backends.torch_eager import reference_backend
+    from certseg_rt.runtime.backends.torch_eager import open_model
     from certseg_rt.zoo import bundled_model_dir
 
     png, _ = colour_png["skin"]
@@ -124,7 +124,7 @@ def test_certify_resizes_to_the_model_and_maps_the_mask_back(colour_png, tmp_pat
     # The same certification by hand: resize, certify at 128x128, nearest neighbour back.
     x = read_image(big, 3)
     fit = fit_to_model(x, (128, 128))
-    backend = reference_backend(bundled_model_dir("skin"), 0.25)
+    backend = open_model(bundled_model_dir("skin"), 0.25)
     by_hand = certify(backend, fit.image(x), n0=5, n=60, alpha=0.05)
     assert np.array_equal(fit.labels_back(by_hand.labels), mask)
     assert cert["radius_at_input_resolution"] == pytest.approx(by_hand.radius / fit.operator_norm)
@@ -171,7 +171,7 @@ def colour_engines(tmp_path_factory):
 @pytest.mark.parametrize("name", COLOUR)
 def test_colour_engine_matches_torch_with_the_same_noise(name, colour_engines, colour_png):
     from certseg_rt.certify import certify
-    from certseg_rt.runtime.backends.torch_eager import reference_backend
+    from certseg_rt.runtime.backends.torch_eager import open_model
     from certseg_rt.runtime.segmenter import CertifiedSegmenter
     from certseg_rt.zoo import bundled_model_dir
 
@@ -180,7 +180,7 @@ def test_colour_engine_matches_torch_with_the_same_noise(name, colour_engines, c
     assert seg.manifest["input"]["channels"] == 3
     _, ph = colour_png[name]
     engine = seg.certify(ph.image, n0=10, n=100)
-    torch_cert = certify(reference_backend(bundled_model_dir(name), 0.25), ph.image, n0=10, n=100)
+    torch_cert = certify(open_model(bundled_model_dir(name), 0.25), ph.image, n0=10, n=100)
     assert np.mean(engine.labels == torch_cert.labels) >= 0.999
     assert engine.record["modality"] == name
 
@@ -257,14 +257,15 @@ def test_evaluate_resized_dataset_scores_at_the_image_size(tmp_path):
 # ---- bench on a colour model ----------------------------------------------------------------------------------------
 
 def test_bench_colour_model_rows(tmp_path):
-    r = CliRunner().invoke(main, ["bench", "--model", "polyp", "--quick", "--sizes", "64", "--precisions", "fp32",
+    r = CliRunner().invoke(main, ["bench", "--model", "polyp", "--quick", "--sizes", "64", "--engines",
+                                  "onnxruntime:fp32,tensorrt:fp16", "--references", "torch-eager:fp32",
                                   "--repeats", "1", "--json"])
     assert r.exit_code == 0, r.output
     result = json.loads(r.stdout)
     assert result["model"] == "polyp"
     assert {row["backend"] for row in result["rows"]} == {"reference-loop", "torch-eager", "onnxruntime"}
     assert all(row["image_size"] == 64 and row["certified_dice"] is not None for row in result["rows"])
-    assert result["tensorrt"]["rows"] is False and result["tensorrt"]["skipped_because"]  # no GPU here
+    assert result["skipped"]["tensorrt:fp16"]  # no GPU here
 
 
 # ---- kernels: noise over all channels ------------------------------------------------------------------------------
@@ -298,15 +299,15 @@ def test_info_lists_the_bundled_models_with_their_modality():
 def test_torch_bf16_backend_is_certified_as_itself(colour_png):
     """bf16 (CPU autocast) is another base model: its certificate says bf16, and its labels stay close to fp32's."""
     from certseg_rt.certify import certify
-    from certseg_rt.runtime.backends.torch_eager import reference_backend
+    from certseg_rt.runtime.backends.torch_eager import open_model
     from certseg_rt.zoo import bundled_model_dir
 
     _, ph = colour_png["skin"]
-    fp32 = certify(reference_backend(bundled_model_dir("skin"), 0.25), ph.image, n0=5, n=60, alpha=0.05)
-    bf16 = certify(reference_backend(bundled_model_dir("skin"), 0.25, precision="bf16"), ph.image, n0=5, n=60,
+    fp32 = certify(open_model(bundled_model_dir("skin"), 0.25), ph.image, n0=5, n=60, alpha=0.05)
+    bf16 = certify(open_model(bundled_model_dir("skin"), 0.25, precision="bf16"), ph.image, n0=5, n=60,
                    alpha=0.05)
     assert bf16.record["precision"] == "bf16" and fp32.record["precision"] == "fp32"
     assert np.mean(bf16.labels == fp32.labels) > 0.97
     assert mean_foreground_dice(bf16.labels, ph.mask, 2) == pytest.approx(0.905, abs=0.01)  # fp32: 0.906
     with pytest.raises(ValueError, match="fp32 or bf16"):
-        reference_backend(bundled_model_dir("skin"), 0.25, precision="fp16")
+        open_model(bundled_model_dir("skin"), 0.25, precision="fp16")

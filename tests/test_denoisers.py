@@ -226,7 +226,7 @@ def test_rgb_denoiser_engine_and_torch_reference_agree(denoisers, engines, tmp_p
     built from the same parts see the same replicated 3-channel noise and give the same certificate, both radii
     stated."""
     from certseg_rt.io import read_image
-    from certseg_rt.runtime.backends.torch_eager import reference_backend
+    from certseg_rt.runtime.backends.torch_eager import open_model
     from certseg_rt.runtime.segmenter import CertifiedSegmenter
     from certseg_rt.zoo import bundled_model_dir
 
@@ -250,7 +250,7 @@ def test_rgb_denoiser_engine_and_torch_reference_agree(denoisers, engines, tmp_p
     assert "in the denoiser's 3-channel noise space" in text and "in the 1-channel image)" in text
 
     x = read_image(gray_image, 1)
-    reference = reference_backend(model, 0.25, batch_size=8)
+    reference = open_model(model, 0.25, batch_size=8)
     engine = CertifiedSegmenter.load(engine_dir, batch_size=8)
     from PIL import Image
 

@@ -108,6 +108,17 @@ def test_engine_on_ray_equals_engine_here(cluster, dataset, engine_dir, tmp_path
     assert rb["chest_10000000"]["backend"] == "onnxruntime:cpu"
 
 
+def test_openvino_engine_on_ray_equals_engine_here(cluster, dataset, openvino_engines, tmp_path):
+    args = ["--engine", str(openvino_engines["fp32"]), "--batch-size", "8"]
+    here = CliRunner().invoke(main, ["evaluate", str(dataset), "--out", str(tmp_path / "a"), *FAST[:-1], *args])
+    there = CliRunner().invoke(main, ["evaluate", str(dataset), "--out", str(tmp_path / "b"), *FAST[:-1], *args,
+                                      "--ray", "auto", "--ray-workers", "1"])
+    assert here.exit_code == there.exit_code == 1, here.output + there.output
+    ra, rb = _records(tmp_path / "a"), _records(tmp_path / "b")
+    assert len(ra) == 3 and all(ra[k][key] == rb[k][key] for k in ra for key in COMPARED)
+    assert rb["chest_10000000"]["backend"] == "openvino:cpu"
+
+
 def test_a_directory_missing_on_the_worker_is_shipped(cluster, engine_dir, tmp_path):
     from certseg_rt.distributed import ship_directory
     from certseg_rt.manifest import load_manifest

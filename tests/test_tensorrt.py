@@ -470,56 +470,73 @@ def _fake_rows(monkeypatch, unavailable):
     row (each row's time depends on its backend so that the summary has a fastest one).  What runs for real is
     bench's plan: which engines it builds and which rows and summary it reports."""
     from certseg_rt import bench
+    import certseg_rt.bench.rows as rows
+    import certseg_rt.bench.suite as suite
     import certseg_rt.export.build as build
     import certseg_rt.export.loaders as loaders
+    from certseg_rt.errors import CertsegError
 
     built = []
-    monkeypatch.setattr(bench, "tensorrt_unavailable", lambda: unavailable)
-    monkeypatch.setattr(bench, "gflop_per_sample", lambda model, size: 1.0)
+    real_check = build.check_request
+
+    def check_request(backend, precision, options=None):
+        if backend == "tensorrt" and unavailable:
+            raise CertsegError(unavailable)
+        if backend != "tensorrt":
+            real_check(backend, precision, options)
+    monkeypatch.setattr(build, "check_request", check_request)
+    monkeypatch.setattr(rows, "gflop_per_sample", lambda model, size: 1.0)
     monkeypatch.setattr(loaders, "load_source", lambda model, image_size: image_size)
     monkeypatch.setattr(build, "build_engine", lambda source, sigma, path, *, backend, precision, batch_sizes, log:
                         built.append((source, backend, precision, path.name)))
-    seconds = {"torch-eager": 3.0, "onnxruntime": 1.5, "tensorrt": 0.1}
-    monkeypatch.setattr(bench, "_row_in_subprocess", lambda spec: {
-        "backend": spec["backend"], "precision": spec["precision"], "image_size": spec["image_size"], "n0": spec["n0"],
-        "n": spec["n"], "batch_size": spec["batch_size"], "engine": spec["engine"],
-        "seconds_median": seconds[spec["backend"]] + (spec["precision"] == "fp32") * 0.05,
+    seconds = {"torch-eager": 3.0, "onnxruntime": 1.5, "openvino": 1.2, "tensorrt": 0.1}
+    monkeypatch.setattr(suite, "row_in_subprocess", lambda spec: {
+        "kind": spec["kind"], "backend": spec["backend"], "precision": spec["precision"], "layout": spec.get("layout"),
+        "image_size": spec["image_size"], "n0": spec["n0"], "n": spec["n"], "batch_size": spec["batch_size"],
+        "engine": spec.get("engine"), "seconds_median": seconds[spec["backend"]] + (spec["precision"] == "fp32") * 0.05,
         "samples_per_second": 1.0, "peak_rss_mb": 1.0, "certified_dice": 0.9, "gflops_per_second": 100.0})
     return bench, built
 
 
 def test_bench_builds_and_reports_tensorrt_rows_when_a_gpu_is_present(monkeypatch):
     bench, built = _fake_rows(monkeypatch, unavailable=None)
-    result = bench.run(sizes=(64,), ns=(100,), batch_sizes=(16,), precisions=("fp32",), reference=False,
-                       tensorrt_precisions=("fp32", "fp16"), log=lambda m: None)
+    result = bench.run(sizes=(64,), ns=(100,), batch_sizes=(16,), engines=["onnxruntime:fp32", "tensorrt:fp32",
+                       "tensorrt:fp16"], references=["torch-eager:fp32"], reference_loop=False, log=lambda m: None)
     assert [(b, p) for _, b, p, _ in built] == [("onnxruntime", "fp32"), ("tensorrt", "fp32"), ("tensorrt", "fp16")]
     assert all(size == (64, 64) for size, *_ in built)
     trt = [r for r in result["rows"] if r["backend"] == "tensorrt"]
     assert [r["precision"] for r in trt] == ["fp32", "fp16"]
     assert all(r["engine"].endswith(f"engine-64-tensorrt-{r['precision']}") for r in trt)
-    assert all(r["fraction_of_fp32_peak"] is None for r in trt)  # the peak is the CPU's
-    assert all(r["fraction_of_fp32_peak"] is not None for r in result["rows"] if r["backend"] != "tensorrt")
+    assert all(r["fraction_of_peak"] is None for r in trt)  # the peak is the CPU's
+    assert all(r["fraction_of_peak"] is not None for r in result["rows"] if r["backend"] != "tensorrt")
     summary = result["summary"]["64x64 n=100"]
     assert summary["fastest"] == "onnxruntime:fp32"  # the CPU goal is about the CPU path
     assert summary["fastest_gpu"] == "tensorrt:fp16" and summary["gpu_seconds"] == 0.1
-    assert result["tensorrt"] == {"rows": True, "skipped_because": None}
+    assert result["skipped"] == {}
     assert "GPU: tensorrt:fp16 0.100 s" in bench.to_markdown(result)
+
+
+def test_bench_quick_builds_tensorrt_fp16_only(monkeypatch):
+    bench, built = _fake_rows(monkeypatch, unavailable=None)
+    bench.run(sizes=(64,), ns=(100,), batch_sizes=(16,), engines=None, references=["torch-eager:fp32"],
+              reference_loop=False, quick=True, log=lambda m: None)
+    assert [p for _, b, p, _ in built if b == "tensorrt"] == ["fp16"]
 
 
 def test_bench_says_why_there_are_no_tensorrt_rows(monkeypatch):
     bench, built = _fake_rows(monkeypatch, unavailable="the TensorRT backend needs an NVIDIA GPU")
-    result = bench.run(sizes=(64,), ns=(100,), batch_sizes=(16,), precisions=("fp32",), reference=False,
-                       log=lambda m: None)
+    result = bench.run(sizes=(64,), ns=(100,), batch_sizes=(16,), engines=["onnxruntime:fp32", "tensorrt:fp16"],
+                       references=["torch-eager:fp32"], reference_loop=False, log=lambda m: None)
     assert [b for _, b, _, _ in built] == ["onnxruntime"]
     assert {r["backend"] for r in result["rows"]} == {"torch-eager", "onnxruntime"}
-    assert result["tensorrt"] == {"rows": False, "skipped_because": "the TensorRT backend needs an NVIDIA GPU"}
-    assert "- no TensorRT rows: the TensorRT backend needs an NVIDIA GPU" in bench.to_markdown(result)
+    assert result["skipped"] == {"tensorrt:fp16": "the TensorRT backend needs an NVIDIA GPU"}
+    assert "- no tensorrt:fp16 rows: the TensorRT backend needs an NVIDIA GPU" in bench.to_markdown(result)
 
 
 def test_bench_here_names_what_is_missing_for_tensorrt():
-    from certseg_rt.bench import tensorrt_unavailable
+    from certseg_rt.bench.suite import unavailable_engines
 
-    reason = tensorrt_unavailable()
+    reason = unavailable_engines([("tensorrt", "fp16")])[1].get("tensorrt:fp16")
     if importlib.util.find_spec("tensorrt") is None:
         assert "tensorrt" in reason and "pip install" in reason
     else:
@@ -530,8 +547,8 @@ def test_bench_here_names_what_is_missing_for_tensorrt():
 def test_gpu_bench_times_a_tensorrt_engine():
     from certseg_rt.bench import run
 
-    result = run(sizes=(128,), ns=(100,), batch_sizes=(16,), precisions=("fp32",), reference=False, repeats=1,
-                 tensorrt_precisions=("fp16",), log=lambda m: None)
+    result = run(sizes=(128,), ns=(100,), batch_sizes=(16,), engines=["onnxruntime:fp32", "tensorrt:fp16"],
+                 references=["torch-eager:fp32"], reference_loop=False, repeats=1, log=lambda m: None)
     (row,) = [r for r in result["rows"] if r["backend"] == "tensorrt"]
     assert row["precision"] == "fp16" and row["certified_dice"] > 0.9
     assert result["summary"]["128x128 n=100"]["fastest_gpu"] == "tensorrt:fp16"

@@ -1,4 +1,4 @@
-"""bench: certify latency per backend, precision and size."""
+"""bench: certify latency per backend, precision, layout and size, against the careful PyTorch baseline."""
 from __future__ import annotations
 
 import json
@@ -7,37 +7,55 @@ from pathlib import Path
 import click
 
 from ..errors import CertsegError
-from .common import model_dir, user_errors
+from .common import memory_budget, model_dir, user_errors
 from .group import main
+
+
+def _items(value: str | None, option: str) -> list[str] | None:
+    """'all' -> None (every registered row), otherwise the comma-separated items."""
+    if value is None or value == "all":
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise CertsegError(f"{option} {value!r}: give comma-separated items or 'all'")
+    return items
 
 
 @main.command()
 @click.option("--engine", type=click.Path(path_type=Path), default=None,
-              help="fp32 engine directory for the first image size [default: build one]")
+              help="an engine directory for the first image size, used for its backend:precision row "
+                   "[default: build one]")
 @click.option("--sizes", default="128,256", show_default=True, help="image sizes")
 @click.option("--batch-sizes", default="8,16,32", show_default=True, help="batch sizes to try (best one reported)")
-@click.option("--precisions", default="fp32,int8", show_default=True, help="ONNX Runtime precisions")
-@click.option("--torch-precisions", default="fp32,bf16", show_default=True,
-              help="torch eager precisions (bf16: CPU autocast via oneDNN); --quick takes fp32 only")
-@click.option("--tensorrt-precisions", default="fp32,fp16,bf16", show_default=True,
-              help="TensorRT engine precisions, rows only where TensorRT and a GPU are present ('none' to skip); "
-                   "--quick takes fp16 only")
+@click.option("--engines", default="all", show_default=True,
+              help="engine rows, BACKEND:PRECISION,... (e.g. openvino:bf16,onnxruntime:fp32); 'all': every "
+                   "registered builder's precisions (--quick: tensorrt fp16 only); rows this machine cannot build "
+                   "are listed with the reason")
+@click.option("--references", default="all", show_default=True,
+              help="reference (PyTorch) rows, RUNNER:PRECISION:LAYOUT,... (e.g. torch-eager:bf16:channels_last); "
+                   "'all': fp32 and bf16, each in nchw and channels_last")
 @click.option("--repeats", type=int, default=3, show_default=True, help="timed repeats per row (median reported)")
-@click.option("--quick", is_flag=True, help="n=100 only, batch 16 only, 2 repeats (under 5 minutes here)")
+@click.option("--quick", is_flag=True, help="n=100 only, batch 16 only, 2 repeats")
+@click.option("--no-reference-loop", is_flag=True, help="skip the published per-pixel loop's rows")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="memory budget of each row, e.g. 2G (batches are lowered to fit) [default: half the memory "
+                   "available]")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="write bench.json and bench.md here")
 @click.option("--model", default="chest", show_default=True, help="bundled model name or model directory")
-@click.option("--json", "as_json", is_flag=True, help="print {machine, rows, summary} as JSON")
+@click.option("--json", "as_json", is_flag=True, help="print {machine, rows, summary, skipped} as JSON")
 @user_errors
-def bench(engine, sizes, batch_sizes, precisions, torch_precisions, tensorrt_precisions, repeats, quick, out, model,
+def bench(engine, sizes, batch_sizes, engines, references, repeats, quick, no_reference_loop, max_memory, out, model,
           as_json):
-    """Time certify on the bundled model: the published loop, torch eager, ONNX Runtime fp32/int8, and
-    TensorRT engines when a GPU is present.
+    """Time certify on the bundled model: the published loop, torch eager (fp32/bf16 x NCHW/channels_last),
+    and every engine backend (ONNX Runtime, OpenVINO; TensorRT when a GPU is present).
 
-    Without --quick also n=1000.  Each row runs in its own process (peak RSS is the row's).
+    Without --quick also n=1000 and a batch-size sweep.  Each row runs in its own process (peak RSS is the
+    row's).  The summary compares the fastest CPU engine with the fastest torch row.
 
     \b
     Example:
       certseg-rt bench --quick
+      certseg-rt bench --quick --engines openvino:bf16,openvino:int8 --references torch-eager:bf16:channels_last
       certseg-rt bench --json --out certseg-out/bench
     """
     from ..bench import run, to_markdown
@@ -48,21 +66,13 @@ def bench(engine, sizes, batch_sizes, precisions, torch_precisions, tensorrt_pre
         batch_list = tuple(int(v) for v in batch_sizes.split(","))
     except ValueError:
         raise CertsegError("--sizes and --batch-sizes must be comma-separated integers")
-    precision_list = tuple(precisions.split(","))
-    torch_list = ("fp32",) if quick else tuple(torch_precisions.split(","))
-    if not set(torch_list) <= {"fp32", "bf16"} or "fp32" not in torch_list:
-        raise CertsegError(f"--torch-precisions {torch_precisions}: fp32 (always) and optionally bf16")
-    trt_list = () if tensorrt_precisions == "none" else tuple(tensorrt_precisions.split(","))
-    if not set(trt_list) <= {"fp32", "fp16", "bf16"}:
-        raise CertsegError(f"--tensorrt-precisions {tensorrt_precisions}: choose from fp32, fp16, bf16 (or none)")
-    if quick and trt_list:
-        trt_list = ("fp16",)
     ns = (100,) if quick else (100, 1000)
     if quick:
         batch_list, repeats = (16,), min(repeats, 2)
-    result = run(sizes=size_list, ns=ns, batch_sizes=batch_list, precisions=precision_list, repeats=repeats,
-                 torch_precisions=torch_list, tensorrt_precisions=trt_list,
-                 engine_dir=engine, model=model_dir(model), log=lambda m: click.echo(m, err=True))
+    result = run(sizes=size_list, ns=ns, batch_sizes=batch_list, engines=_items(engines, "--engines"),
+                 references=_items(references, "--references"), repeats=repeats, reference_loop=not no_reference_loop,
+                 engine_dir=engine, model=model_dir(model), quick=quick, max_memory=memory_budget(max_memory),
+                 log=lambda m: click.echo(m, err=True))
     table = to_markdown(result)
     if out is not None:
         write_json(Path(out) / "bench.json", result)

@@ -60,7 +60,8 @@ def export_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, classes, d
 @click.option("--batch-sizes", default="1,16,64", show_default=True, help="MIN,OPT,MAX of the batch dimension")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "int8", "fp16", "bf16"]), default="fp32", show_default=True,
-              help="onnxruntime: fp32 or int8 (static, phantom-calibrated); tensorrt: fp32, fp16, bf16")
+              help="onnxruntime: fp32 or int8 (static, phantom-calibrated); openvino: fp32, bf16 (CPUs with native "
+                   "bf16) or int8 (NNCF, phantom-calibrated); tensorrt: fp32, fp16, bf16")
 @click.option("--force", is_flag=True, help="keep an engine whose labels agree with torch fp32 below the floor")
 @click.option("--workspace", type=int, default=1024, show_default=True, help="tensorrt: builder workspace, MiB")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
@@ -83,6 +84,7 @@ def build_engine_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, clas
     Example:
       certseg-rt build-engine --out engines/chest
       certseg-rt certify scan.png --engine engines/chest
+      certseg-rt build-engine --backend openvino --precision bf16 --out engines/chest-ov
       certseg-rt build-engine --backend tensorrt --precision fp16 --out engines/chest-trt
     """
     from ..export.build import build_engine, check_request

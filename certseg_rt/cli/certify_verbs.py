@@ -14,8 +14,10 @@ from .common import (
     certify_with_progress,
     check_writable,
     model_dir,
+    memory_budget,
     note,
     open_backend,
+    runtime_options,
     smoothing_options,
     user_errors,
 )
@@ -28,11 +30,13 @@ from .group import main
 @click.option("--engine", type=click.Path(path_type=Path), default=None,
               help="certify with this engine directory (certseg-rt build-engine) instead of the torch reference")
 @smoothing_options
+@runtime_options
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="write the certified mask here (PNG: class index per pixel, 255 = abstain)")
 @click.option("--json", "as_json", is_flag=True, help="print the certificate as JSON")
 @user_errors
-def certify(image, model, engine, sigma, tau, alpha, n0, n, seed, batch_size, correction, out, as_json):
+def certify(image, model, engine, sigma, tau, alpha, n0, n, seed, batch_size, correction, threads, max_memory, out,
+            as_json):
     """Certify one image: per-pixel labels that provably hold within an L2 radius.
 
     \b
@@ -50,7 +54,8 @@ def certify(image, model, engine, sigma, tau, alpha, n0, n, seed, batch_size, co
         raise CertsegError(f"image {image} does not exist (or is not a file)")
     from ..resize import fit_to_model
 
-    backend, classes = open_backend(model, engine, sigma, batch_size)
+    backend, classes = open_backend(model, engine, sigma, batch_size, threads=threads,
+                                    max_memory=memory_budget(max_memory))
     x = read_image(image, backend.channels, note=note)
     fit = fit_to_model(x, backend.input_size, getattr(backend, "adapter", None))
     if fit.resized:
@@ -97,14 +102,14 @@ def demo(out, count, model, sigma, tau, alpha, n0, n, seed, batch_size, correcti
     from ..data import HELD_OUT_SEEDS
     from ..io import overlay, write_json, write_png
     from ..metrics import abstain_rate, mean_foreground_dice
-    from ..runtime.backends.torch_eager import reference_backend
+    from ..runtime.backends import open_model
 
     sigma = DEFAULTS["sigma"] if sigma is None else sigma
     check_parameters(sigma=sigma, tau=tau, alpha=alpha, n0=n0, n=n, correction=correction, seed=seed)
     if count < 1:
         raise CertsegError(f"invalid count={count}: must be >= 1")
     check_writable(out)
-    backend = reference_backend(model_dir(model), sigma, batch_size=batch_size)
+    backend = open_model(model_dir(model), sigma, batch_size=batch_size)
     src = backend.source
     segment_clean = backend.segment
     rows = []

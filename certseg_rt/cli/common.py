@@ -54,6 +54,29 @@ def smoothing_options(fn):
     return fn
 
 
+def runtime_options(fn):
+    """How the runtime may use this machine: threads and a memory budget (the batch is fitted to it)."""
+    opts = [
+        click.option("--threads", type=int, default=None,
+                     help="inference threads [default: the engine's (openvino), the library's (others)]"),
+        click.option("--max-memory", default=None, metavar="SIZE",
+                     help="memory budget, e.g. 2G or 512M: the batch is lowered to fit it  [default: half the "
+                          "memory available now]"),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def memory_budget(max_memory: str | None) -> int | None:
+    """--max-memory in bytes (None: the runtime's default)."""
+    if max_memory is None:
+        return None
+    from ..runtime.sampling import parse_memory
+
+    return parse_memory(max_memory)
+
+
 def model_dir(model: str) -> Path:
     from ..zoo import ZOO_DIR, bundled_model_dir
 
@@ -90,20 +113,23 @@ def certify_with_progress(backend, x, *, n0, n, tau, alpha, seed, correction, de
             backend.progress = None
 
 
-def open_backend(model: str, engine: Path | None, sigma: float | None, batch_size: int, denoiser: bool = True):
+def open_backend(model: str, engine: Path | None, sigma: float | None, batch_size: int, denoiser: bool = True,
+                 threads: int | None = None, max_memory: int | None = None):
     """(backend, classes) for the torch reference (a model) or a built engine directory."""
     if batch_size < 1:
         raise CertsegError(f"invalid batch-size={batch_size}: must be an integer >= 1")
+    if threads is not None and threads < 1:
+        raise CertsegError(f"--threads {threads} must be >= 1 (omit it for the default)")
     if engine is not None:
         from ..runtime.segmenter import CertifiedSegmenter
 
-        seg = CertifiedSegmenter.load(engine, batch_size=batch_size)
+        seg = CertifiedSegmenter.load(engine, batch_size=batch_size, threads=threads, max_memory=max_memory)
         seg._check_sigma(sigma)
         return seg.backend, seg.classes
-    from ..runtime.backends.torch_eager import reference_backend
+    from ..runtime.backends import open_model
 
-    backend = reference_backend(model_dir(model), DEFAULTS["sigma"] if sigma is None else sigma,
-                                batch_size=batch_size, denoiser=denoiser)
+    backend = open_model(model_dir(model), DEFAULTS["sigma"] if sigma is None else sigma, batch_size=batch_size,
+                         denoiser=denoiser, threads=threads, max_memory=max_memory)
     return backend, backend.source.classes
 
 

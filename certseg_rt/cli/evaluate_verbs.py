@@ -11,9 +11,11 @@ from ..certify import DEFAULTS, check_parameters
 from ..errors import CertsegError
 from .common import (
     check_writable,
+    memory_budget,
     model_dir,
     open_backend,
     progress_of,
+    runtime_options,
     user_errors,
 )
 from .group import main
@@ -76,9 +78,10 @@ def make_phantoms(dataset_dir, count, size, first_seed, modality):
 @click.option("--ray-cpus", type=float, default=1.0, show_default=True,
               help="with --ray: CPUs (and threads) per worker; a TensorRT engine takes one GPU per worker")
 @click.option("--ray-workers", type=int, default=None, help="with --ray: number of workers [default: fill the cluster]")
+@runtime_options
 @user_errors
 def evaluate(dataset_dir, out, model, engine, sigmas, no_denoiser, tau, alpha, n0, n, seed, batch_size, correction,
-             config_name, ray_address, ray_cpus, ray_workers):
+             config_name, ray_address, ray_cpus, ray_workers, threads, max_memory):
     """Certified Dice / IoU, abstain rate and radius over a dataset folder; CSV + JSON + PNG plots.
 
     Abstained pixels count as false negatives of their true class and never as false positives.
@@ -108,6 +111,9 @@ def evaluate(dataset_dir, out, model, engine, sigmas, no_denoiser, tau, alpha, n
         raise CertsegError("--ray-workers and --ray-cpus need --ray")
     if ray_address is not None and (ray_cpus <= 0 or (ray_workers is not None and ray_workers < 1)):
         raise CertsegError("--ray-cpus must be > 0 and --ray-workers >= 1")
+    if ray_address is not None and threads is not None:
+        raise CertsegError("with --ray each worker runs --ray-cpus threads; omit --threads")
+    budget = memory_budget(max_memory)
     samples = list_dataset(dataset_dir)
     check_writable(out)
     config = config_name or (f"engine:{Path(engine).name}" if engine else
@@ -115,13 +121,14 @@ def evaluate(dataset_dir, out, model, engine, sigmas, no_denoiser, tau, alpha, n
     params = {"n0": n0, "n": n, "tau": tau, "alpha": alpha, "seed": seed, "correction": correction}
     records, failures, tiles = [], [], []
     # On a cluster the engine or model is checked here, before Ray starts (the workers open it).
-    targets = [_ray_target(model, engine, sg, batch_size, not no_denoiser) for sg in sigma_list] \
+    targets = [_ray_target(model, engine, sg, batch_size, not no_denoiser, budget) for sg in sigma_list] \
         if ray_address is not None else None
     try:
         with _ray_or_nothing(ray_address) as ray:
             for k, sg in enumerate(sigma_list):
                 if ray is None:
-                    backend, classes = open_backend(model, engine, sg, batch_size, denoiser=not no_denoiser)
+                    backend, classes = open_backend(model, engine, sg, batch_size, denoiser=not no_denoiser,
+                                                    threads=threads, max_memory=budget)
                     sigma, channels = backend.sigma, backend.channels
                 else:
                     target = targets[k]
@@ -216,9 +223,10 @@ def _ray_or_nothing(address):
     return ray_session(address)
 
 
-def _ray_target(model, engine, sigma, batch_size, denoiser):
+def _ray_target(model, engine, sigma, batch_size, denoiser, max_memory=None):
     from ..distributed import engine_target, model_target
 
     if engine is not None:
-        return engine_target(engine, sigma, batch_size)
-    return model_target(model_dir(model), DEFAULTS["sigma"] if sigma is None else sigma, batch_size, denoiser)
+        return engine_target(engine, sigma, batch_size, max_memory)
+    return model_target(model_dir(model), DEFAULTS["sigma"] if sigma is None else sigma, batch_size, denoiser,
+                        max_memory)

@@ -24,6 +24,7 @@ def info(as_json):
             backends[f"onnxruntime:{short}"] = f"{provider}ExecutionProvider" in available
     except ImportError:
         backends["onnxruntime:cpu"] = False
+    backends["openvino"] = importlib.util.find_spec("openvino") is not None
     backends["tensorrt"] = importlib.util.find_spec("tensorrt") is not None
     from .._ext_loader import EXTENSION_STATUS
     from ..zoo import bundled_models

@@ -21,6 +21,7 @@ from ..errors import CertsegError
 from ..manifest import MANIFEST_NAME, hash_files, write_manifest
 from .builders import BUILDERS, builder
 from .loaders import SourceModel
+from .memory import memory_profile
 from .onnx_export import OPSET, export_onnx
 
 BACKENDS = tuple(BUILDERS)
@@ -193,6 +194,7 @@ def build_engine(source: SourceModel, sigma: float, out: Path, *, backend: str =
             "graphs_made": graphs.made,
             "source_model_files": hash_files(source.files),
             "intake": source.intake,
+            "memory": memory_profile(source, sigma) if source.segmenter is not None else None,
             **fields,
             "tools": {**tool_versions(), **fields.get("tools", {})},
         })

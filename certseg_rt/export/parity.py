@@ -201,7 +201,7 @@ def parity_inputs(source, sigma: float, count: int, seed: int = 20240) -> np.nda
     return out
 
 
-def _torch_runner(module):
+def torch_runner(module):
     import torch
 
     def run(x):
@@ -216,8 +216,8 @@ def check_parity(source, sigma: float, fused: Path, segmenter: Path, denoiser: P
     x = parity_inputs(source, sigma, count)
     one_step = source.one_step_denoiser(sigma)
     # torch's labels are the argmax of its logits (DenoiseSegment computes exactly that, ties to the lowest class)
-    denoised = plan.run("torch denoiser", _torch_runner(one_step.eval()), x) if one_step is not None else x
-    torch_logits = plan.run("torch segmenter", _torch_runner(source.segmenter), denoised)
+    denoised = plan.run("torch denoiser", torch_runner(one_step.eval()), x) if one_step is not None else x
+    torch_logits = plan.run("torch segmenter", torch_runner(source.segmenter), denoised)
     torch_labels = torch_logits.argmax(axis=1).astype(np.uint8)
     onnx_labels = plan.run(Path(fused).name, onnx_runner(fused), x)
     agreement = float(np.mean(onnx_labels == torch_labels))
@@ -245,7 +245,7 @@ def composition_parity(source, sigma: float, graphs, plan: BatchPlan, count: int
     report = {"inputs": f"{count} noisy held-out phantoms at sigma={sigma}",
               "label_agreement_with_separate_graphs": float(np.mean(got == expected))}
     if graphs.denoiser is not None:
-        ref = plan.run("torch denoiser", _torch_runner(source.one_step_denoiser(sigma).eval()), x)
+        ref = plan.run("torch denoiser", torch_runner(source.one_step_denoiser(sigma).eval()), x)
         report["denoised_max_abs_diff"] = float(np.abs(stage - ref).max())
     if report["label_agreement_with_separate_graphs"] < min_agreement:
         raise CertsegError(f"composed graph agrees with the separate graphs on only "

@@ -5,6 +5,7 @@ batching never changes which noise a sample sees and every backend sees the same
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -47,10 +48,20 @@ def check_input(x: np.ndarray, channels: int, size_multiple: int = 1) -> np.ndar
 
 
 class GraphBackend:
-    """Base for backends that only run a graph: subclasses implement ``infer`` (and set the attributes)."""
+    """Base for backends that only run a graph: subclasses implement ``infer`` (and set the attributes).
+
+    ``static_batch``: reduced-precision kernels (OpenVINO bf16 and int8, torch bf16 here) can give a sample
+    other labels at another batch size (they pick other kernels for small batches; measured: ~1e-4 of the
+    pixels at batch 1 against batch 16), so a loop that ran a call's last, partial batch at its own size
+    would mix two base models in one count.  A backend that sets it runs every sample of a call at one batch
+    size, ``call_batch(num)`` = ceil(num / ceil(num / batch_size)) (10 for n0 = 10, 15 for n = 100 at batch
+    16), the last batch padded with stale samples whose labels are discarded: at most one sample per batch is
+    wasted, and a sample's labels depend only on its noise and that size.
+    """
 
     name = "graph"
-    fixed_batch = False  # the engine takes exactly batch_size samples per call: a partial batch is padded up
+    fixed_batch = False  # the engine takes exactly batch_size samples per call (a fixed batch in its graph)
+    static_batch = False
 
     def __init__(self, *, sigma: float, num_classes: int, channels: int, size_multiple: int, batch_size: int):
         if batch_size < 1:
@@ -75,20 +86,131 @@ class GraphBackend:
 
     def _buffer(self, shape: tuple[int, ...]) -> np.ndarray:
         full = (self.batch_size, *shape)
-        if self._noisy.shape != full:
-            self._noisy = np.empty(full, np.float32)
+        if self._noisy.shape != full:  # zeros: the padding of a static batch is never uninitialised memory
+            self._noisy = np.zeros(full, np.float32)
         return self._noisy
+
+    def call_batch(self, num: int) -> int:
+        """The batch size every sample of a call of `num` samples runs at (static_batch backends)."""
+        batches = -(-num // self.batch_size)
+        return -(-num // batches)
 
     def sample_counts(self, x: np.ndarray, num: int, seed: int, offset: int) -> np.ndarray:
         x = check_input(x, self.channels, self.size_multiple)
         counts = np.zeros((self.num_classes, *x.shape[1:]), np.int32)
         noisy = self._buffer(x.shape)
-        for start in range(0, num, self.batch_size):
-            b = min(self.batch_size, num - start)
-            # A fixed-batch engine gets the last batch padded with the stream's next samples, whose labels are dropped.
-            run = self.batch_size if self.fixed_batch else b
-            _kernels.fill_noisy(x, self.sigma, seed, offset + start, noisy[:run])
-            _kernels.accumulate_votes(self.infer(noisy[:run])[:b], counts)
+        padded = self.fixed_batch or self.static_batch  # every sample of the call runs at one batch size
+        step = self.call_batch(num) if self.static_batch and not self.fixed_batch else self.batch_size
+        for start in range(0, num, step):
+            b = min(step, num - start)
+            _kernels.fill_noisy(x, self.sigma, seed, offset + start, noisy[:b])
+            # The padding of a last, partial batch holds stale samples; their labels are dropped.
+            labels = self.infer(noisy[:step] if padded else noisy[:b])
+            _kernels.accumulate_votes(labels[:b], counts)
             if self.progress is not None:
                 self.progress(b)
         return counts
+
+
+# ---------------------------------------------------------------------------------------------- memory budget
+# Peak memory grows with batch x pixels, so the batch is what a budget limits.  A runner knows its library's
+# costs (MemoryCosts, measured by benchmarks/memory_budget.py); the engine's manifest knows the model's
+# (field memory: activation bytes of one sample, weights; export/memory.py).
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+          "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
+
+
+def parse_memory(value) -> int:
+    """'2G', '1.5GiB', '512M', '2000000000' or a number of bytes -> bytes (binary units: 1G = 2**30)."""
+    import re
+
+    from ..errors import CertsegError
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number, unit = float(value), ""
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+        if match is None or match.group(2).lower() not in _UNITS:
+            raise CertsegError(f"--max-memory {value!r} must be a size such as 2G, 1.5GiB or 512M")
+        number, unit = float(match.group(1)), match.group(2).lower()
+    size = int(number * _UNITS[unit])
+    if size < 64 << 20:
+        raise CertsegError(f"--max-memory {value} is under 64 MiB, less than the runtime itself needs; give e.g. 2G")
+    return size
+
+
+def available_memory() -> int:
+    """Bytes this machine can give a new process now: MemAvailable (Linux), else the physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def default_memory_budget() -> int:
+    """Half of what is available now: room for the image, the caller and other processes."""
+    return max(available_memory() // 2, 256 << 20)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    fixed: int  # bytes at any batch size
+    per_sample: int  # bytes added by each sample of a batch
+
+    def at(self, batch: int) -> int:
+        return self.fixed + batch * self.per_sample
+
+
+@dataclass(frozen=True)
+class MemoryCosts:
+    """What a runner's library adds to the model's own numbers, measured on it (peak RSS of a certify):
+    ``peak ~= base_bytes + weights_factor * weights + batch * (activation_factor * activations + input/output)``."""
+
+    base_bytes: int  # the process: Python, numpy, the library, the compiled engine's fixed buffers
+    activation_factor: float  # blocked layouts, scratch, arenas: bytes held per byte of torch's live tensors
+    weights_factor: float = 2.0  # the weights as read from the file plus the library's packed copy
+
+    def estimate(self, manifest: dict) -> MemoryEstimate | None:
+        """The estimate for an engine (None if its manifest has no field memory: an engine built before it)."""
+        memory = manifest.get("memory")
+        if memory is None:
+            return None
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1 << 50
+        if not isinstance(memory, dict) or not all(number(memory.get(k)) for k in
+                                                   ("activation_bytes_per_sample", "weights_bytes")):
+            from ..errors import CertsegError
+            from ..manifest import REBUILD
+
+            raise CertsegError(f"engine field memory must give activation_bytes_per_sample and weights_bytes as "
+                               f"numbers of bytes; {REBUILD}")
+        inp = manifest["input"]
+        pixels = int(inp["height"]) * int(inp["width"])
+        io = pixels * (4 * int(inp["channels"]) + 1)  # the noisy float32 input and the uint8 labels of a sample
+        counts = pixels * len(manifest["classes"]) * 4 * 2 + pixels * 8 * 8  # two vote arrays, the statistics
+        return MemoryEstimate(
+            fixed=int(self.base_bytes + self.weights_factor * memory["weights_bytes"] + counts),
+            per_sample=int(self.activation_factor * memory["activation_bytes_per_sample"] + io))
+
+
+def fit_batch_size(estimate: MemoryEstimate | None, budget: int, smallest: int, largest: int) -> int:
+    """The largest batch in [smallest, largest] whose estimated peak fits the budget; one line if none does."""
+    from ..errors import CertsegError
+
+    if estimate is None:
+        return largest
+    fits = (budget - estimate.fixed) // max(estimate.per_sample, 1)
+    if fits < smallest:
+        raise CertsegError(f"a batch of {smallest} needs about {estimate.at(smallest) / 2**30:.2f} GiB of memory, "
+                           f"over the budget of {budget / 2**30:.2f} GiB; raise --max-memory, or rebuild the engine "
+                           f"with a smaller minimum batch (--batch-sizes 1,...) or image size")
+    return int(min(largest, fits))

@@ -39,6 +39,7 @@ class CertifiedSegmenter:
             **getattr(backend, "record", {}),
             "backend": f"{manifest['backend']}:{getattr(backend, 'provider', 'cpu')}",
             "precision": manifest["precision"],
+            "batch_size": getattr(backend, "batch_size", None),
             "modality": manifest.get("modality"),
             "denoiser": manifest.get("denoiser"),
             "adapter": manifest.get("adapter"),
@@ -51,14 +52,19 @@ class CertifiedSegmenter:
 
     @classmethod
     def load(cls, engine_dir, *, provider: str = "cpu", batch_size: int | None = None,
-             threads: int | None = None) -> "CertifiedSegmenter":
+             threads: int | None = None, max_memory: int | str | None = None) -> "CertifiedSegmenter":
         """Check the manifest (hashes before any model file is parsed), then let the backend's runner open it.
 
-        With an adapter (manifest field adapter: a gray image in front of an RGB denoiser) the backend takes
-        the image as given and replicates it before the noise (``adapters.ReplicatedInput``)."""
+        ``batch_size`` (default: the engine's optimum) is lowered to the largest batch of the engine's range
+        whose estimated peak memory fits ``max_memory`` (bytes, or e.g. "2G"; default: half the memory
+        available now).  With an adapter (manifest field adapter: a gray image in front of an RGB denoiser)
+        the backend takes the image as given and replicates it before the noise (``adapters.ReplicatedInput``)."""
+        from .sampling import parse_memory
+
         manifest = load_manifest(engine_dir)
+        budget = None if max_memory is None else parse_memory(max_memory)
         backend = backends.open_engine(Path(engine_dir), manifest, batch_size=batch_size, threads=threads,
-                                       provider=provider)
+                                       provider=provider, max_memory=budget)
         return cls(engine_dir, manifest, with_adapter(backend, adapter_from_manifest(manifest)))
 
     @property

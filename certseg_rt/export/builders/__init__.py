@@ -20,7 +20,7 @@ from types import ModuleType
 
 from ...errors import CertsegError
 
-BUILDERS: dict[str, str] = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt"}
+BUILDERS: dict[str, str] = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
 
 
 def builder(backend: str) -> ModuleType:

@@ -46,6 +46,7 @@ from ...runtime.backends.tensorrt import ENGINE_NAME, INPUT_NAME, _version, rebu
 
 TIMING_CACHE_NAME = "timing.cache"
 PRECISIONS = ("fp32", "fp16", "bf16")
+QUICK_PRECISIONS = ("fp16",)  # what `certseg-rt bench --quick` builds (each TensorRT build takes minutes)
 DEFAULT_PRECISION = "fp16"
 DEFAULT_WORKSPACE = 1 << 30  # 1 GiB for the builder's tactics; the engine itself usually needs far less
 MIN_WORKSPACE = 1 << 20

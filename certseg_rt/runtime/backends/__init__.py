@@ -1,12 +1,20 @@
 """Runners: one module per backend, registered by name (the runner half of Polygraphy's loader/runner split).
 
-An engine runner module defines ``open_engine(engine_dir, manifest, *, batch_size, threads, provider)``:
-it checks what the manifest asks of this machine (its library's version, the hardware), opens the
-engine and returns a backend (``certify.Backend``: ``sample_counts``, ``segment`` for the clean
-segmenter, ``record``).  Hashes and field types are checked before, by ``manifest.load_manifest``.
-A module is imported only when an engine of its backend is opened, so the runtime starts fast and
-works without the libraries of backends it does not use.  Nothing outside these modules imports a
-backend's library.
+Two kinds, one registry each:
+
+* ``RUNNERS``: engine runners.  Their module defines
+  ``open_engine(engine_dir, manifest, *, batch_size, threads, provider, max_memory)``: it checks what the
+  manifest asks of this machine (its library's version, the hardware), opens the engine and returns a
+  backend (``certify.Backend``: ``sample_counts``, ``segment`` for the clean segmenter, ``record``).
+  Hashes and field types are checked before, by ``manifest.load_manifest``.
+* ``REFERENCES``: reference runners, which run a model directory (the user's torch model) instead of an
+  engine directory.  Their module defines ``open_model(model_dir, sigma, *, batch_size, denoiser, threads,
+  precision, layout, max_memory)``, ``PRECISIONS``, ``LAYOUTS`` and ``unavailable()`` (None, or one line
+  saying why it cannot run here).
+
+Adding a backend is its module plus one line below.  A module is imported only when an engine of its
+backend (or its reference) is opened, so the runtime starts fast and works without the libraries of
+backends it does not use.  Nothing outside these modules imports a backend's library.
 """
 from __future__ import annotations
 
@@ -23,13 +31,17 @@ from ...manifest import REBUILD
 class Runner:
     module: str  # under certseg_rt.runtime.backends
     extra: str  # the pip extra that installs its library
-    gpu: bool = False  # needs an NVIDIA GPU (one per Ray worker)
+    gpu: bool = False  # needs an NVIDIA GPU (one per Ray worker; bench compares it with GPU rows)
 
 
-# The torch reference runs a model directory rather than an engine directory (torch_eager.reference_backend).
 RUNNERS: dict[str, Runner] = {
     "onnxruntime": Runner("onnxruntime", "cpu"),
+    "openvino": Runner("openvino", "openvino"),
     "tensorrt": Runner("tensorrt", "gpu", gpu=True),
+}
+
+REFERENCES: dict[str, Runner] = {
+    "torch-eager": Runner("torch_eager", "export"),
 }
 
 
@@ -42,20 +54,44 @@ def runner(backend: str) -> ModuleType:
     return importlib.import_module(f"{__name__}.{entry.module}")
 
 
+def reference(name: str) -> ModuleType:
+    """The module of a reference runner (a model directory rather than an engine)."""
+    entry = REFERENCES.get(name)
+    if entry is None:
+        raise CertsegError(f"reference runner {name!r} is unknown; choose one of {', '.join(sorted(REFERENCES))}")
+    return importlib.import_module(f"{__name__}.{entry.module}")
+
+
 def open_engine(engine_dir: Path, manifest: dict, *, batch_size: int | None = None, threads: int | None = None,
-                provider: str = "cpu"):
+                provider: str = "cpu", max_memory: int | None = None):
     """The backend for a checked manifest, opened by its runner module."""
     return runner(manifest["backend"]).open_engine(Path(engine_dir), manifest, batch_size=batch_size,
-                                                   threads=threads, provider=provider)
+                                                   threads=threads, provider=provider, max_memory=max_memory)
 
 
-def engine_batch_size(manifest: dict, batch_size: int | None) -> int:
-    """The batch size to run: the requested one inside the engine's range, or the engine's optimum.  An engine
-    built for a fixed batch runs that batch whatever is asked (the counts do not depend on the batch size)."""
+def open_model(model_dir: Path, sigma: float, *, name: str = "torch-eager", batch_size: int = 16,
+               denoiser: bool = True, threads: int | None = None, precision: str = "fp32", layout: str = "nchw",
+               max_memory: int | None = None):
+    """The backend of a reference runner for a model directory."""
+    return reference(name).open_model(Path(model_dir), sigma, batch_size=batch_size, denoiser=denoiser,
+                                      threads=threads, precision=precision, layout=layout, max_memory=max_memory)
+
+
+def engine_batch_size(manifest: dict, batch_size: int | None, *, max_memory: int | None = None,
+                      costs=None) -> int:
+    """The batch size to run: the requested one (default the engine's optimum) inside the engine's range,
+    lowered to the largest batch of the range whose estimated peak memory fits ``max_memory`` (default:
+    half the memory available now) when the runner knows its ``costs``.  An engine built for a fixed batch
+    runs that batch whatever is asked (the counts do not depend on the batch size)."""
+    from ..sampling import default_memory_budget, fit_batch_size, parse_memory
+
     sizes = manifest["batch_sizes"]
     if sizes.get("fixed"):
         return sizes["opt"]
     batch = batch_size or sizes["opt"]
     if not sizes["min"] <= batch <= sizes["max"]:
         raise CertsegError(f"batch size {batch} is outside the engine's range {sizes['min']}..{sizes['max']}")
-    return batch
+    if costs is None:
+        return batch
+    budget = default_memory_budget() if max_memory is None else parse_memory(max_memory)
+    return fit_batch_size(costs.estimate(manifest), budget, sizes["min"], batch)

@@ -10,8 +10,12 @@ import numpy as np
 
 from ...errors import CertsegError
 from ...manifest import REBUILD
-from ..sampling import GraphBackend, check_input
+from ..sampling import GraphBackend, MemoryCosts, check_input
 
+# Measured by benchmarks/memory_budget.py (peak RSS of certify at 512x512, batches 1 and 8: 446 and 2518 MB, 296 MB
+# per sample against 105 MB of torch's live tensors): ONNX Runtime's arena and its NCHWc reorders hold ~2.8x
+# what torch's forward pass holds.  Rounded up, so that an estimate errs on the safe side.
+MEMORY = MemoryCosts(base_bytes=250 << 20, activation_factor=2.85)
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
@@ -144,7 +148,8 @@ class OnnxSegmenter:
         return np.argmax(logits[0], axis=0).astype(np.uint8)
 
 
-def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, provider: str = "cpu"):
+def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, provider: str = "cpu",
+                max_memory=None):
     """An onnxruntime engine directory (manifest already checked) -> OnnxRuntimeBackend."""
     from ...adapters import image_channels
     from . import engine_batch_size
@@ -154,7 +159,7 @@ def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, pr
     except ImportError:
         raise CertsegError("ONNX Runtime is not installed; pip install 'certseg-rt[cpu]'")
     check_versions(manifest)
-    batch = engine_batch_size(manifest, batch_size)
+    batch = engine_batch_size(manifest, batch_size, max_memory=max_memory, costs=MEMORY if provider == "cpu" else None)
     fused, segmenter = graph_paths(engine_dir, manifest)
     session = make_session(fused, provider, threads)
     check_graph_matches(session, manifest, fused.name)

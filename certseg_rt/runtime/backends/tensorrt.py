@@ -233,9 +233,11 @@ def open_tensorrt_backend(engine_dir, manifest: dict | None = None, *, batch_siz
     return backend
 
 
-def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, provider=None) -> "TensorRTBackend":
+def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, provider=None,
+                max_memory=None) -> "TensorRTBackend":
     """The runner registry's entry: the native backend (provider and threads do not apply to it), with the
-    clean segmenter from the engine's segmenter.onnx on ONNX Runtime's CPU provider."""
+    clean segmenter from the engine's segmenter.onnx on ONNX Runtime's CPU provider.  The batch's samples
+    live in device memory, so a host memory budget (max_memory) does not limit its batch."""
     from ...adapters import image_channels
     from .onnxruntime import OnnxSegmenter, graph_paths
 

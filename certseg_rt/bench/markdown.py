@@ -1,0 +1,50 @@
+"""A bench result as the README's table: the machine line, one row per configuration, the summary lines."""
+from __future__ import annotations
+
+
+def machine_line(result: dict) -> str:
+    m = result["machine"]
+    peaks = ", ".join(f"{p} {v}" for p, v in m["peak_gflops"].items())
+    versions = ", ".join(f"{k} {m[k]}" for k in ("torch", "onnxruntime", "openvino") if k in m)
+    return (f"Model: bundled {result.get('model', 'chest')}.  Machine: {m['cpu']}, {m['cores']} cores "
+            f"({', '.join(m['isa'])}); estimated peaks (GFLOP/s, int8: Gop/s): {peaks} ({m['peak_assumption']}); "
+            f"{versions}, extension {m['extension']}.")
+
+
+def to_markdown(result: dict) -> str:
+    header = ("| backend | precision | layout | image | n0 + n | batch | seconds (median) | samples/s | peak RSS MB | "
+              "certified Dice | GFLOP/s | of peak (which) |")
+    lines = [machine_line(result), "", header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        dice = "-" if r["certified_dice"] is None else f"{r['certified_dice']:.3f}"
+        frac = "-" if r.get("fraction_of_peak") is None else f"{r['fraction_of_peak']:.1%} ({r['peak']})"
+        lines.append(f"| {r['backend']} | {r['precision']} | {r.get('layout') or '-'} | {r['image_size']}x{r['image_size']} "
+                     f"| {r['n0']} + {r['n']} | {r['batch_size']} | {r['seconds_median']:.3f} | "
+                     f"{r['samples_per_second']:.1f} | {r['peak_rss_mb']:.0f} | {dice} | {r['gflops_per_second']:.1f} "
+                     f"| {frac} |")
+    lines.append("")
+    for k, v in result["summary"].items():
+        parts = [f"- {k}: fastest CPU path {v['fastest']} {v['seconds']:.3f} s"]
+        if v.get("fraction_of_peak") is not None:
+            parts.append(f" ({v['fraction_of_peak']:.1%} of the {v['peak']} peak)")
+        if "speedup_vs_fastest_torch" in v:
+            parts.append(f", {v['speedup_vs_fastest_torch']}x the fastest torch row ({v['fastest_torch']} "
+                         f"{v['torch_seconds']:.3f} s)")
+        if "goal" in v:
+            parts.append(f" [goal {v['goal']['speedup']}x with Dice within {v['goal']['dice_points']} points: "
+                         f"{'met' if v['goal']['met'] else 'missed'}]")
+        if "speedup_vs_torch_fp32_nchw" in v:
+            parts.append(f", {v['speedup_vs_torch_fp32_nchw']}x torch eager fp32 NCHW")
+        if "dice_points_vs_torch_fp32" in v:
+            parts.append(f" ({v['dice_points_vs_torch_fp32']:+.2f} Dice points vs torch fp32)")
+        if "speedup_vs_reference_loop" in v:
+            parts.append(f", {v['speedup_vs_reference_loop']}x the reference loop")
+        if "fastest_gpu" in v:
+            parts.append(f"; GPU: {v['fastest_gpu']} {v['gpu_seconds']:.3f} s")
+        lines.append("".join(parts))
+    by_reason = {}
+    for name, why in result.get("skipped", {}).items():
+        by_reason.setdefault(why, []).append(name)
+    for why, names in by_reason.items():
+        lines.append(f"- no {', '.join(names)} rows: {why}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,265 @@
+"""OpenVINO backend (CPU): the fused graph's IR compiled once per static batch size, fed zero-copy.
+
+The engine directory (``export/builders/openvino.py``) holds ``model.xml``/``model.bin`` (x_noisy float32
+(B, C, H, W) in [0, 1] -> labels uint8 (B, H, W)) and ``segmenter.xml``/``.bin`` (x -> logits, for the clean
+Dice).  This runner
+
+* refuses an engine built by another OpenVINO release (the part of ``openvino.get_version()`` before '-'),
+  and a bf16 engine on a CPU whose plugin does not report native BF16 (``OPTIMIZATION_CAPABILITIES``): it
+  would run as another base model than the one certified;
+* compiles with ``INFERENCE_PRECISION_HINT`` set from the manifest, always: on CPUs with AMX the CPU
+  plugin's default is bf16, so an fp32 engine compiled without the hint would silently run bf16.  The hint
+  is read back from the compiled model and must be what the manifest says;
+* reshapes the model to a static batch (a dynamic batch runs ~1.5x slower here), latency settings
+  (``PERFORMANCE_HINT`` LATENCY, one stream, threads from the manifest or ``threads``).  bf16 and int8 give
+  a sample other labels at batch 1 than at batch 16 (other kernels; ~1e-4 of the pixels), so every sample
+  of a call runs at one batch size (``GraphBackend.static_batch``: 10 for n0 = 10, 15 for n = 100 at batch
+  16, the last batch padded): each size is compiled on first use and the two last used are kept;
+* feeds each infer request ``ov.Tensor``s over the sampling loop's own noisy buffer and label buffer
+  (``shared_memory=True``): no copy per batch.
+
+Imports ``openvino`` only (``pip install 'certseg-rt[openvino]'``): no torch, no ONNX Runtime.
+
+OpenVINO documentation used: ``Core.read_model(xml, bin)``, ``Model.clone``, ``Model.reshape``,
+``Core.compile_model(model, "CPU", properties)``, ``CompiledModel.get_property`` (a compiled model reports
+the properties it was compiled with), ``Core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")``,
+``ov.Tensor(array, shared_memory=True)``, ``InferRequest.set_input_tensor`` / ``set_output_tensor`` /
+``infer``, ``Model.get_rt_info`` (2026.4).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import CertsegError
+from ..sampling import GraphBackend, MemoryCosts, check_input
+
+INFERENCE_PRECISIONS = ("f32", "bf16")  # values of the manifest's openvino.inference_precision
+# Measured by benchmarks/memory_budget.py (peak RSS of certify at 512x512: 296 MB at batch 1; 1181 MB at batch 8
+# with models for 2 and 1 compiled too, 88 MB per compiled sample against 105 MB of torch's live tensors):
+# OpenVINO's CPU plugin fuses and reuses buffers.  The 2 counts the two compiled batch sizes kept (each at
+# most the batch).
+MEMORY = MemoryCosts(base_bytes=150 << 20, activation_factor=2 * 0.85)
+
+
+def rebuild_hint(precision: str = "fp32") -> str:
+    return f"rebuild it here with `certseg-rt build-engine --backend openvino --precision {precision} --out DIR`"
+
+
+def import_openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise CertsegError("OpenVINO is not installed; pip install 'certseg-rt[openvino]'")
+    return openvino
+
+
+def release(version: str) -> str:
+    """'2026.4.1-22982-e213a147257-releases/2026/4' -> '2026.4.1'."""
+    return str(version).split("-")[0]
+
+
+def cpu_capabilities(core) -> list[str]:
+    """What the CPU plugin says this CPU runs natively (tests stand in for it to simulate other CPUs)."""
+    return [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
+def require_native_bf16(core, what: str) -> None:
+    caps = cpu_capabilities(core)
+    if "BF16" not in caps:
+        raise CertsegError(f"{what}: this CPU has no native bf16 (OpenVINO's CPU plugin reports "
+                           f"{', '.join(caps) or 'nothing'}), so bf16 would be emulated as another base model than "
+                           f"the one certified; build --backend openvino --precision fp32 or int8 for this CPU")
+
+
+def compile_properties(inference_precision: str, threads: int) -> dict:
+    return {"INFERENCE_PRECISION_HINT": inference_precision, "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": 1}
+
+
+def compile_static(core, model, batch: int, properties: dict):
+    """``model`` compiled for a static batch, its precision hint read back and checked."""
+    static = model.clone()
+    shape = static.input(0).get_partial_shape()
+    static.reshape([batch, *(shape[i].get_length() for i in range(1, shape.rank.get_length()))])
+    compiled = core.compile_model(static, "CPU", properties)
+    got = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    if got != properties["INFERENCE_PRECISION_HINT"]:
+        raise CertsegError(f"OpenVINO compiled the engine at precision {got}, not the {properties['INFERENCE_PRECISION_HINT']} "
+                           f"its manifest records (field openvino.inference_precision); {rebuild_hint()}")
+    return compiled
+
+
+def read_model(core, xml: Path):
+    try:
+        return core.read_model(str(xml), str(xml.with_suffix(".bin")))
+    except RuntimeError as e:
+        first = next((line for line in str(e).splitlines() if line.strip() and "Exception from" not in line), "")
+        raise CertsegError(f"OpenVINO cannot read {xml.name} ({first.strip()[:160]}); the file is corrupt or was "
+                           f"built for another version: {rebuild_hint()}")
+
+
+class OpenVinoBackend(GraphBackend):
+    name = "openvino"
+    static_batch = True
+    KEEP = 2  # compiled batch sizes kept (a certify uses two: n0's and n's)
+
+    def __init__(self, core, model, properties: dict, *, sigma, num_classes, channels, height, width, batch_size):
+        super().__init__(sigma=sigma, num_classes=num_classes, channels=channels, size_multiple=1,
+                         batch_size=batch_size)
+        self.core, self.model, self.properties = core, model, properties
+        self.height, self.width = int(height), int(width)
+        self.input_size = (self.height, self.width)
+        self._labels = np.empty((batch_size, height, width), np.uint8)
+        self._requests: dict[int, object] = {}  # batch -> infer request of the model compiled for it
+        self._bound: dict[int, int] = {}  # batch -> address of the input buffer its request reads
+        self._request(batch_size)  # compiled at load: a model that cannot compile fails here
+
+    @property
+    def compiled(self):
+        """The compiled model used last (after loading: the one for the full batch)."""
+        return next(reversed(self._requests.values()))[1]
+
+    def _request(self, batch: int):
+        if batch not in self._requests:
+            while len(self._requests) >= self.KEEP:  # the least recently used goes (dicts keep insertion order)
+                self._bound.pop(next(iter(self._requests)), None)
+                del self._requests[next(iter(self._requests))]
+            compiled = compile_static(self.core, self.model, batch, self.properties)
+            self._requests[batch] = (compiled.create_infer_request(), compiled)
+        else:
+            self._requests[batch] = self._requests.pop(batch)
+        return self._requests[batch]
+
+    def _run(self, x: np.ndarray, labels: np.ndarray) -> None:
+        import openvino as ov
+
+        request = self._request(x.shape[0])[0]
+        if self._bound.get(x.shape[0]) != x.ctypes.data:  # bound once per buffer: the loop refills it
+            request.set_input_tensor(ov.Tensor(x, shared_memory=True))
+            request.set_output_tensor(ov.Tensor(labels, shared_memory=True))
+            self._bound[x.shape[0]] = x.ctypes.data
+        request.infer()
+
+    def infer(self, x_noisy: np.ndarray) -> np.ndarray:
+        """One static batch of x_noisy.shape[0] samples (compiled for that size on first use)."""
+        b = x_noisy.shape[0]
+        if b > self.batch_size:
+            raise ValueError(f"a batch of {b} exceeds the backend's batch size {self.batch_size}")
+        self._run(x_noisy, self._labels[:b])
+        return self._labels[:b]
+
+    def sample_counts(self, x, num, seed, offset):
+        x = np.asarray(x)
+        if x.ndim >= 2 and x.shape[-2:] != (self.height, self.width):
+            raise CertsegError(f"image is {x.shape[-2]}x{x.shape[-1]} but the engine was built for "
+                               f"{self.height}x{self.width}; resize the image or rebuild with "
+                               f"`certseg-rt build-engine --backend openvino --image-size {x.shape[-2]}`")
+        return super().sample_counts(x, num, seed, offset)
+
+
+class OpenVinoSegmenter:
+    """The base segmenter alone (segmenter.xml) on clean images, for the clean Dice: uint8 (H, W) labels.
+    Compiled on first use, at the engine's inference precision: certifying never needs it.  A graph with a
+    fixed batch (``batch`` > 1) runs the image repeated to that batch."""
+
+    def __init__(self, core, xml: Path, channels: int, properties: dict, batch: int = 1):
+        self.core, self.xml, self.channels, self.properties, self.batch = core, xml, channels, properties, batch
+        self._request = None
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        x = check_input(image, self.channels)
+        if self._request is None:
+            self._request = compile_static(self.core, read_model(self.core, self.xml), self.batch,
+                                           self.properties).create_infer_request()
+        logits = self._request.infer({0: np.repeat(x[None], self.batch, axis=0)})[0]
+        return np.argmax(logits[0], axis=0).astype(np.uint8)
+
+
+def check_engine(manifest: dict, openvino, core) -> dict:
+    """The manifest's openvino fields, checked against this OpenVINO and this CPU."""
+    settings = manifest.get("openvino")
+    precision = manifest["precision"]
+    if not isinstance(settings, dict) or settings.get("inference_precision") not in INFERENCE_PRECISIONS:
+        raise CertsegError(f"engine field openvino.inference_precision must be one of {', '.join(INFERENCE_PRECISIONS)}; "
+                           f"{rebuild_hint(precision)}")
+    built = manifest["tools"].get("openvino") or settings.get("version")
+    here = openvino.get_version()
+    if built is None or release(built) != release(here):
+        raise CertsegError(f"engine field tools.openvino is {built} (release {release(built) if built else '-'}), but "
+                           f"this is OpenVINO {release(here)}; install openvino=={release(built) if built else '...'} "
+                           f"or {rebuild_hint(precision)}")
+    if precision not in ("fp32", "bf16", "int8"):
+        raise CertsegError(f"engine field precision is {precision!r}; an OpenVINO engine is fp32, bf16 or int8; "
+                           f"{rebuild_hint()}")
+    if settings["inference_precision"] == "bf16" or precision == "bf16":
+        require_native_bf16(core, f"engine {precision} (field openvino.inference_precision "
+                                  f"{settings['inference_precision']})")
+    threads = settings.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise CertsegError(f"engine field openvino.threads is {threads!r}; it must be an integer >= 1; "
+                           f"{rebuild_hint(precision)}")
+    return settings
+
+
+def check_graph_matches(model, manifest: dict, name: str) -> None:
+    """The fused IR is what the manifest says: its input shape, labels out, and the sigma and classes it was
+    built for (rt_info certseg_rt.*).  A manifest edited by hand, or copied from another engine, fails here."""
+    from ...manifest import REBUILD
+
+    want = manifest["input"]
+    shape = model.input(0).get_partial_shape()
+    dims = [shape[i].get_length() if shape[i].is_static else None for i in range(shape.rank.get_length())]
+    if len(model.inputs) != 1 or len(model.outputs) != 1 or len(dims) != 4 or \
+            dims[1:] != [want["channels"], want["height"], want["width"]] or \
+            model.output(0).get_element_type().get_type_name() != "u8":
+        raise CertsegError(f"engine graph {name} takes {dims} and gives {model.output(0).get_element_type()}, but the "
+                           f"manifest (field input) describes labels (uint8) of a {[want['channels'], want['height'], want['width']]} "
+                           f"image; {REBUILD}")
+    try:
+        sigma = float(model.get_rt_info(["certseg_rt", "sigma"]).astype(str))
+        classes = json.loads(model.get_rt_info(["certseg_rt", "classes"]).astype(str))
+    except (RuntimeError, ValueError, TypeError):
+        raise CertsegError(f"engine graph {name} does not record the sigma and classes it was built for "
+                           f"(rt_info certseg_rt); {REBUILD}")
+    if not np.isclose(sigma, manifest["sigma"], rtol=0, atol=1e-9):
+        raise CertsegError(f"engine field sigma is {manifest['sigma']} but {name} was built for sigma {sigma}; {REBUILD}")
+    if classes != manifest["classes"]:
+        raise CertsegError(f"engine field classes lists {len(manifest['classes'])} classes, but {name} was built for "
+                           f"{classes}; {REBUILD}")
+
+
+def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, provider: str = "cpu",
+                max_memory=None) -> OpenVinoBackend:
+    """An openvino engine directory (manifest already checked) -> OpenVinoBackend."""
+    from ...adapters import image_channels
+    from . import engine_batch_size
+    from .onnxruntime import graph_paths
+
+    if provider not in (None, "cpu"):
+        raise CertsegError(f"the OpenVINO backend runs on the CPU; --provider {provider} applies to onnxruntime "
+                           f"engines")
+    openvino = import_openvino()
+    core = openvino.Core()
+    settings = check_engine(manifest, openvino, core)
+    if threads is not None and threads < 1:
+        raise CertsegError(f"--threads {threads} must be >= 1")
+    batch = engine_batch_size(manifest, batch_size, max_memory=max_memory, costs=MEMORY)
+    fused, segmenter = graph_paths(Path(engine_dir), manifest)
+    model = read_model(core, fused)
+    check_graph_matches(model, manifest, fused.name)
+    properties = compile_properties(settings["inference_precision"], threads or settings.get("threads") or 0)
+    inp = manifest["input"]
+    backend = OpenVinoBackend(core, model, properties, sigma=manifest["sigma"], num_classes=len(manifest["classes"]),
+                              channels=inp["channels"], height=inp["height"], width=inp["width"], batch_size=batch)
+    # A graph with a fixed batch runs only that batch: the sampling loop pads its last batch up to it.
+    backend.fixed_batch = bool(manifest["batch_sizes"].get("fixed"))
+    # The clean segmenter takes the image as given (before an adapter replicates it for the denoiser).
+    backend.segment = OpenVinoSegmenter(core, segmenter, image_channels(manifest), properties,
+                                        batch=batch if backend.fixed_batch else 1)
+    backend.record.update({"openvino": openvino.get_version(), "batch_size": batch,
+                           "inference_precision": properties["INFERENCE_PRECISION_HINT"],
+                           "threads": properties["INFERENCE_NUM_THREADS"]})
+    return backend
