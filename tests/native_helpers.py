@@ -1,0 +1,201 @@
+"""Helpers of the native-runtime tests and benchmark: build cpp_ext/ with the runtime, make OpenVINO engine
+directories, and certify in Python with OpenVINO.
+
+Two of them stand in for issue 14's work until it lands on this branch (each says so): ``openvino_engine`` for
+``certseg-rt build-engine --backend openvino`` and ``python_certificate`` for the Python runtime's OpenVINO runner
+(``CertifiedSegmenter.load(engine).certify(...)`` + the CLI's summary).  Both follow the engine-directory contract
+of issue 14 (README, "Embedding in C and C++").
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CPP_EXT = Path(__file__).resolve().parents[1] / "cpp_ext"
+
+
+def missing_build_tools() -> str | None:
+    """Why the native runtime cannot be built here, or None."""
+    if not sys.platform.startswith("linux"):
+        return "the native runtime tests run on Linux only"
+    if shutil.which("cmake") is None:
+        return "cmake is not installed"
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        return "no C++ compiler on PATH"
+    for header, package in (("/usr/include/png.h", "libpng-dev"), ("/usr/include/openssl/sha.h", "libssl-dev")):
+        if not Path(header).exists():
+            return f"{header} is missing (apt-get install {package})"
+    try:
+        import nlohmann_json  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError as e:
+        return f"{e.name} is not installed (pip install 'certseg-rt[native]')"
+    return None
+
+
+def build_native(build_dir: Path, *, tests: bool = True, build_type: str = "Release") -> dict:
+    """Configure and build cpp_ext/ with the runtime into build_dir; returns the programs' paths and the seconds taken."""
+    configure = ["cmake", "-S", str(CPP_EXT), "-B", str(build_dir), "-DCERTSEG_BUILD_RUNTIME=ON",
+                 "-DCERTSEG_BUILD_PYTHON=OFF", "-DCERTSEG_CUDA=OFF", "-DCERTSEG_BUILD_EXAMPLES=OFF",
+                 "-DCERTSEG_BUILD_SHARED=OFF", f"-DCMAKE_BUILD_TYPE={build_type}",
+                 f"-DCERTSEG_BUILD_RUNTIME_TESTS={'ON' if tests else 'OFF'}", f"-DPython_EXECUTABLE={sys.executable}"]
+    if shutil.which("ninja"):
+        configure += ["-G", "Ninja"]
+    start = time.perf_counter()
+    for command in (configure, ["cmake", "--build", str(build_dir), "--parallel", str(min(4, os.cpu_count() or 1))]):
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    out = build_dir / "runtime"
+    return {"certseg_run": out / "certseg-run", "example": out / "certify_image", "soak": out / "runtime_soak",
+            "library": out / "libcertseg_runtime.so", "seconds": time.perf_counter() - start}
+
+
+def cpu_has_bf16() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+
+
+def openvino_engine(onnx_engine: Path, out: Path, precision: str = "fp32", threads: int = 2) -> Path:
+    """An OpenVINO engine directory (issue 14's contract) made from an ONNX Runtime engine directory.
+
+    Stand-in for `certseg-rt build-engine --backend openvino --precision PRECISION` until issue 14 lands: the lead
+    swaps this body for that CLI call when merging.  The fused and segmenter ONNX graphs are converted with
+    openvino.convert_model and saved with compress_to_fp16=False; the manifest records the OpenVINO fields the
+    contract names, with the executed precision read back from a compiled model.
+    """
+    import json
+
+    import openvino as ov
+
+    from certseg_rt.manifest import write_manifest
+
+    if precision not in INFERENCE_PRECISION:
+        raise ValueError(f"precision must be one of {', '.join(INFERENCE_PRECISION)}")
+    src = json.loads((Path(onnx_engine) / "manifest.json").read_text())
+    out.mkdir(parents=True)
+    for onnx in Path(onnx_engine).glob("*.onnx"):  # "the ONNX graphs may stay beside them for the record"
+        shutil.copy2(onnx, out / onnx.name)
+    for name in ("fused", "segmenter"):
+        model = ov.convert_model(str(Path(onnx_engine) / src["graphs"][name]))
+        ov.save_model(model, str(out / ("model.xml" if name == "fused" else "segmenter.xml")), compress_to_fp16=False)
+    core = ov.Core()
+    hint = INFERENCE_PRECISION[precision]
+    compiled = core.compile_model(str(out / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": hint,
+                                                                  "PERFORMANCE_HINT": "LATENCY",
+                                                                  "INFERENCE_NUM_THREADS": threads})
+    version = ov.get_version()
+    keep = {k: src[k] for k in ("sigma", "denoiser", "classes", "modality", "input", "batch_sizes", "exporter",
+                                "source_model_files", "intake") if k in src}
+    write_manifest(out, {
+        "backend": "openvino", "precision": precision, **keep,
+        "graphs": {"fused": "model.xml", "segmenter": "segmenter.xml"},
+        "openvino": {"version": version, "inference_precision": hint,
+                     "executed_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+                     "cpu_isa": list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")), "threads": threads,
+                     "performance_hint": "LATENCY"},
+        "tools": {**src["tools"], "openvino": version},
+    })
+    return out
+
+
+class PythonOpenVino:
+    """The Python runtime's OpenVINO runner as the contract describes it: the fused IR compiled once with the
+    manifest's INFERENCE_PRECISION_HINT, LATENCY and threads, batch range from the manifest, the sampling loop
+    of runtime/sampling.py (compiled kernels' noise and votes) around it.
+
+    Stand-in for runtime/backends/openvino.py until issue 14 lands: the lead replaces its use by
+    ``CertifiedSegmenter.load(engine)``.
+    """
+
+    def __init__(self, engine_dir: Path, batch_size: int | None = None, threads: int | None = None):
+        import openvino as ov
+
+        from certseg_rt.manifest import load_manifest
+
+        self.engine_dir = Path(engine_dir)
+        self.manifest = m = load_manifest(engine_dir)
+        inp, sizes = m["input"], m["batch_sizes"]
+        model = ov.Core().read_model(str(self.engine_dir / m["graphs"]["fused"]))
+        model.reshape([ov.Dimension(sizes["min"], sizes["max"]), inp["channels"], inp["height"], inp["width"]])
+        self.compiled = ov.Core().compile_model(model, "CPU", {
+            "INFERENCE_PRECISION_HINT": m["openvino"]["inference_precision"], "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": threads or m["openvino"]["threads"]})
+        self.request = self.compiled.create_infer_request()
+        self.batch_size = batch_size or sizes["opt"]
+        self.sigma = float(m["sigma"])
+        self.num_classes = len(m["classes"])
+        self.channels = inp["channels"]
+        self.name = "openvino"
+        self.record = {"backend": "openvino"}
+
+    def sample_counts(self, x, num, seed, offset):
+        import openvino as ov
+
+        from certseg_rt.runtime.sampling import _kernels, check_input
+
+        x = check_input(x, self.channels)
+        counts = np.zeros((self.num_classes, *x.shape[1:]), np.int32)
+        noisy = np.empty((self.batch_size, *x.shape), np.float32)
+        for start in range(0, num, self.batch_size):
+            b = min(self.batch_size, num - start)
+            _kernels.fill_noisy(x, self.sigma, seed, offset + start, noisy[:b])
+            self.request.set_input_tensor(ov.Tensor(noisy[:b], shared_memory=True))
+            self.request.infer()
+            _kernels.accumulate_votes(self.request.get_output_tensor().data, counts)
+        return counts
+
+
+def python_certificate(backend: PythonOpenVino, image_path: Path, *, n0=10, n=100, tau=0.75, alpha=0.001, seed=0,
+                       correction="holm", out: Path | None = None) -> tuple[dict, np.ndarray]:
+    """(summary, labels) as `certseg-rt certify IMAGE --engine DIR --json [--out]` gives them for an OpenVINO engine.
+
+    Stand-in until issue 14 lands: the lead replaces the body by CertifiedSegmenter.load(engine).certify(...) (or
+    the CLI itself).  The record is the one CertifiedSegmenter gives every backend; the rest is cli/certify_verbs.py.
+    """
+    from certseg_rt import __version__
+    from certseg_rt.certify import certify
+    from certseg_rt.io import read_image, write_mask
+    from certseg_rt.manifest import sha256_file
+    from certseg_rt.resize import fit_to_model
+
+    m = backend.manifest
+    adapter = m.get("adapter")
+    x = read_image(image_path, adapter["image_channels"] if adapter else backend.channels)
+    fit = fit_to_model(x, (m["input"]["height"], m["input"]["width"]))
+    assert not fit.resized, "the native runtime refuses images of another size; give the engine's size"
+    model_x = np.repeat(x, adapter["channels"], axis=0) if adapter else x
+    backend.record = {"backend": "openvino:cpu", "precision": m["precision"], "modality": m.get("modality"),
+                      "denoiser": m.get("denoiser"), "engine_dir": str(backend.engine_dir),
+                      "manifest_sha256": sha256_file(backend.engine_dir / "manifest.json"), "model_files": m["files"],
+                      "source_model_files": m.get("source_model_files", {}), "certseg_rt": __version__}
+    cert = certify(backend, model_x, n0=n0, n=n, tau=tau, alpha=alpha, seed=seed, correction=correction)
+    classes = m["classes"]
+    summary = {"image": str(image_path), "image_sha256": sha256_file(image_path), "classes": classes,
+               **cert.summary(classes), **fit.describe()}
+    if adapter:
+        summary["adapter"] = adapter
+    summary["radius_at_input_resolution"] = cert.radius / (adapter["operator_norm"] if adapter else 1.0)
+    summary["certseg_rt"] = __version__
+    if out is not None:
+        write_mask(out, cert.labels)
+        summary["mask"] = str(out)
+    return summary, cert.labels
+
+
+# Fields that differ between two runs of the same certificate: timing, and paths the caller chose.
+VOLATILE = ("seconds", "image", "engine_dir", "mask")
+
+
+def comparable(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in VOLATILE}
