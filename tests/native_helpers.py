@@ -199,3 +199,83 @@ VOLATILE = ("seconds", "image", "engine_dir", "mask")
 
 def comparable(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if k not in VOLATILE}
+
+
+# ---- a hand-made engine whose base model is known exactly -----------------------------------------------------
+
+THRESHOLDS = (0.25, 0.5, 0.75)
+
+
+def threshold_labels(x_noisy: np.ndarray) -> np.ndarray:
+    """The threshold engine's base model in numpy: uint8 labels (B, H, W) of float32 (B, C, H, W).
+
+    One channel: the number of THRESHOLDS the value exceeds (classes 0..3).  Three channels:
+    (x0 > 0.5) + 2 (x2 > 0.5), so the labels depend on the noise of more than one channel.  Comparisons only:
+    OpenVINO in f32 computes the same labels bit for bit, so vote counts reveal any difference in the noise.
+    """
+    if x_noisy.shape[1] == 1:
+        return sum((x_noisy[:, 0] > np.float32(t)).astype(np.uint8) for t in THRESHOLDS).astype(np.uint8)
+    return ((x_noisy[:, 0] > np.float32(0.5)).astype(np.uint8) + 2 * (x_noisy[:, 2] > np.float32(0.5))).astype(np.uint8)
+
+
+def threshold_engine(out: Path, *, channels: int = 1, height: int = 24, width: int = 20, sigma: float = 0.25,
+                     batch_sizes=(1, 4, 8), replicate: bool = False) -> Path:
+    """An OpenVINO engine directory (the contract's fields) whose fused graph is `threshold_labels`.
+
+    With `replicate`, the model takes 3 channels and the manifest's adapter replicates a 1-channel image into
+    them (issue 13's adapter field), so the noise is drawn in the 3-channel space.
+    """
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from certseg_rt.manifest import write_manifest
+
+    x = ops.parameter([-1, channels, height, width], np.float32, name="x_noisy")
+
+    def above(plane, t):
+        return ops.convert(ops.greater(plane, ops.constant(np.float32(t))), "i32")
+
+    if channels == 1:
+        plane = ops.squeeze(x, ops.constant(np.array([1], np.int64)))
+        total = above(plane, THRESHOLDS[0])
+        for t in THRESHOLDS[1:]:
+            total = ops.add(total, above(plane, t))
+    else:
+        axis = ops.constant(np.int64(1))
+        first = ops.gather(x, ops.constant(np.int64(0)), axis)
+        last = ops.gather(x, ops.constant(np.int64(2)), axis)
+        total = ops.add(above(first, 0.5), ops.multiply(above(last, 0.5), ops.constant(np.int32(2))))
+    labels = ops.convert(total, "u8")
+    labels.output(0).get_tensor().set_names({"labels"})
+    out.mkdir(parents=True)
+    ov.save_model(ov.Model([labels], [x], "threshold"), str(out / "model.xml"), compress_to_fp16=False)
+    ov.save_model(ov.Model([labels], [x], "threshold_segmenter"), str(out / "segmenter.xml"), compress_to_fp16=False)
+    version = ov.get_version()
+    lo, opt, hi = batch_sizes
+    manifest = {
+        "backend": "openvino", "precision": "fp32", "sigma": sigma, "denoiser": None,
+        "classes": ["none", "low", "mid", "high"], "modality": None,
+        "input": {"channels": channels, "height": height, "width": width, "range": [0.0, 1.0]},
+        "batch_sizes": {"min": lo, "opt": opt, "max": hi},
+        "graphs": {"fused": "model.xml", "segmenter": "segmenter.xml"},
+        "openvino": {"version": version, "inference_precision": "f32", "executed_precision": "f32", "cpu_isa": [],
+                     "threads": 1, "performance_hint": "LATENCY"},
+        "tools": {"openvino": version},
+    }
+    if replicate:
+        manifest["adapter"] = {"kind": "replicate", "image_channels": 1, "channels": channels,
+                               "operator_norm": float(np.sqrt(channels))}
+    write_manifest(out, manifest)
+    return out
+
+
+def threshold_counts(x: np.ndarray, num: int, seed: int, offset: int, sigma: float, batch: int) -> np.ndarray:
+    """Votes of the threshold engine's base model, computed in numpy (certseg_rt.kernels' noise)."""
+    from certseg_rt import kernels
+
+    counts = np.zeros((4, *x.shape[1:]), np.int32)
+    for start in range(0, num, batch):
+        b = min(batch, num - start)
+        noisy = kernels.fill_noisy(x, sigma, seed, offset + start, np.empty((b, *x.shape), np.float32))
+        kernels.accumulate_votes(threshold_labels(noisy), counts)
+    return counts
