@@ -233,6 +233,26 @@ def test_threshold_engine_exact(runtime, tmp_path, correction, replicate):
     assert seen == [(4, 40), (7, 40)] + [(7 + k, 40) for k in range(4, 33, 4)] + [(40, 40)]
 
 
+def test_batch_size_does_not_change_the_certificate(runtime, ov_engines, phantom):
+    """The base model is one function of one sample: the engine's dynamic batch range gives every sample the same
+    labels whatever the batch (static-shape bf16 models do not: see runtime/openvino_model.cpp)."""
+    engine = ov_engines.get("bf16", ov_engines["fp32"])
+    results = []
+    for batch in (1, 7):
+        rc, handle = open_engine(runtime, engine, batch_size=batch)
+        assert rc == 0, runtime.certseg_runtime_last_error()
+        try:
+            # n = 40 and a lax alpha: few samples, yet certified pixels (all 40 votes agree) as well as abstentions
+            rc, labels, pvalues, cert = certify(runtime, handle, phantom.image, n0=5, n=40, alpha=0.5, seed=1)
+            assert rc == 0, runtime.certseg_runtime_last_error()
+        finally:
+            runtime.certseg_engine_close(handle)
+        results.append((labels, pvalues, {k: v for k, v in cert.items() if k != "seconds"}))
+    (labels1, p1, cert1), (labels7, p7, cert7) = results
+    assert np.array_equal(labels1, labels7) and np.array_equal(p1, p7) and cert1 == cert7
+    assert 0 < cert1["abstain_fraction"] < 1
+
+
 def test_c_api_errors_leave_outputs_untouched(runtime, tmp_path):
     engine = threshold_engine(tmp_path / "engine")
     rc, handle = open_engine(runtime, tmp_path / "nowhere")
