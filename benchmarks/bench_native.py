@@ -8,7 +8,8 @@ size of what a user ships, and resident memory over repeated certifies.
   the same phantom with the same seed alternately, `rounds` times each, and the table gives the medians and the
   median of the paired ratios.  Both certificates are checked equal on every round.
 * Start-up: wall time of one process that opens the engine and certifies with n0 = 1, n = 1: `certseg-run`
-  against `python -c` with the Python runner (interpreter, imports, compile), median of three.
+  against `python -c` with the Python runner (interpreter, imports, compile), median of three, and the peak
+  resident memory of that process.
 * Size: certseg-run + libcertseg_runtime.so, the shared libraries ldd resolves for it, and what OpenVINO loads at
   run time (the CPU plugin and the IR frontend).
 * --soak: 200 certifies (n0 1, n 2) of the chest engine in one process, resident memory after 20 and after 200.
@@ -33,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from native_helpers import (  # noqa: E402
+from native_helpers import (
     PythonOpenVino,
     build_native,
     comparable,
@@ -133,12 +134,17 @@ def startup(program: Path, engine: Path, image: Path) -> dict:
                                                                        image=str(image))]}
     out = {}
     for name, command in commands.items():
-        walls = []
+        walls, peaks = [], []
         for _ in range(3):
             start = time.perf_counter()
-            subprocess.run(command, check=True, capture_output=True)
+            child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _, status, usage = os.wait4(child.pid, 0)  # the child's own peak resident memory
             walls.append(time.perf_counter() - start)
+            if status != 0:
+                raise RuntimeError(f"{' '.join(command)} failed")
+            peaks.append(usage.ru_maxrss / 1024)
         out[f"{name}_s"] = statistics.median(walls)
+        out[f"{name}_peak_mb"] = max(peaks)
     return out
 
 
@@ -153,9 +159,11 @@ def shipped_size(program: Path, library: Path) -> dict:
     ov_libs = Path(resolved.get("libopenvino.so.2641", next(p for n, p in resolved.items() if "libopenvino" in n))).parent
     loaded = {p.name: str(p) for p in ov_libs.glob("*") if p.name.startswith(("libopenvino_intel_cpu_plugin",
                                                                                 "libopenvino_ir_frontend"))}
-    size = lambda paths: sum(os.path.getsize(p) for p in paths)  # noqa: E731
     system = {n: p for n, p in resolved.items() if p.startswith(("/lib", "/usr/lib"))}
     pip = {n: p for n, p in resolved.items() if n not in system and n != library.name}
+    def size(paths):
+        return sum(os.path.getsize(p) for p in paths)
+
     return {"program_and_runtime_mb": size([program, library]) / 1e6,
             "openvino_linked_mb": size(pip.values()) / 1e6, "openvino_loaded_at_run_mb": size(loaded.values()) / 1e6,
             "system_libraries_mb": size(system.values()) / 1e6, "linked": sorted(resolved), "loaded": sorted(loaded)}
@@ -217,16 +225,18 @@ def main() -> None:
 
 def markdown(r: dict) -> str:
     lines = [f"machine: {r['machine']}", "",
-             "| engine | certify native (s) | certify Python (s) | Python / native (paired) | open native (s) "
-             "| open Python (s) | start-up native (s) | start-up Python (s) |", "|---|---|---|---|---|---|---|---|"]
+             ("| engine | certify native (s) | certify Python (s) | Python / native (paired) | open native (s) "
+              "| open Python (s) | start-up native (s) | start-up Python (s) | peak native (MB) | peak Python (MB) |"),
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for p, row in r["precisions"].items():
+        up = row["startup"]
         lines.append(f"| {p} | {row['native_s']:.2f} | {row['python_s']:.2f} | {row['python_over_native']:.3f} | "
-                     f"{row['open_native_s']:.2f} | {row['open_python_s']:.2f} | {row['startup']['native_s']:.2f} | "
-                     f"{row['startup']['python_s']:.2f} |")
+                     f"{row['open_native_s']:.2f} | {row['open_python_s']:.2f} | {up['native_s']:.2f} | "
+                     f"{up['python_s']:.2f} | {up['native_peak_mb']:.0f} | {up['python_peak_mb']:.0f} |")
     s = r["size"]
-    lines += ["", f"shipped: certseg-run + libcertseg_runtime.so {s['program_and_runtime_mb']:.2f} MB; OpenVINO "
-                  f"linked {s['openvino_linked_mb']:.1f} MB + loaded at run time (CPU plugin, IR frontend) "
-                  f"{s['openvino_loaded_at_run_mb']:.1f} MB; system libraries {s['system_libraries_mb']:.1f} MB",
+    lines += ["", (f"shipped: certseg-run + libcertseg_runtime.so {s['program_and_runtime_mb']:.2f} MB; OpenVINO "
+                   f"linked {s['openvino_linked_mb']:.1f} MB + loaded at run time (CPU plugin, IR frontend) "
+                   f"{s['openvino_loaded_at_run_mb']:.1f} MB; system libraries {s['system_libraries_mb']:.1f} MB"),
               f"build: {r['build_wall_s']:.1f} s wall"]
     if "soak" in r:
         k = r["soak"]

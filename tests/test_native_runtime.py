@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from native_helpers import (
     PythonOpenVino,
     build_native,
@@ -66,7 +65,8 @@ def phantom_files(phantom, tmp_path_factory) -> dict:
 
 
 def run(program, *args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(program), *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd)
+    return subprocess.run([str(program), *map(str, args)], check=False, capture_output=True, text=True, timeout=300,
+                          cwd=cwd)
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -253,6 +253,24 @@ def test_batch_size_does_not_change_the_certificate(runtime, ov_engines, phantom
     assert 0 < cert1["abstain_fraction"] < 1
 
 
+def test_radius_is_scipys_bit_for_bit(native):
+    """certseg_certified_radius (the kernel library's Phi^-1, Cephes' ndtri as scipy computes it) against
+    certseg_rt.stats.certified_radius over the whole range of tau, both branches of the approximation."""
+    from certseg_rt import stats
+
+    lib = ctypes.CDLL(str(native["kernels"]))
+    lib.certseg_certified_radius.argtypes = [ctypes.c_double, ctypes.c_double, ctypes.POINTER(ctypes.c_double)]
+    boundary = 1 - 0.13533528323661269189  # where ndtri switches from the central to the tail approximation
+    taus = np.concatenate([np.linspace(0.5, 1, 4001)[1:-1], [boundary, np.nextafter(boundary, 0), np.nextafter(boundary, 1)],
+                           [0.75, 0.9, 0.99, 0.999, 1 - 1e-9, 1 - 2**-52, np.nextafter(0.5, 1)]])
+    got = ctypes.c_double()
+    for sigma in (0.25, 0.12, 1.0):
+        for tau in taus:
+            assert lib.certseg_certified_radius(sigma, float(tau), ctypes.byref(got)) == 0
+            assert got.value == stats.certified_radius(sigma, float(tau)), (sigma, tau)
+    assert lib.certseg_certified_radius(0.25, 0.5, ctypes.byref(got)) == 1  # CERTSEG_ERR_ARGUMENT: tau <= 0.5
+
+
 def test_c_api_errors_leave_outputs_untouched(runtime, tmp_path):
     engine = threshold_engine(tmp_path / "engine")
     rc, handle = open_engine(runtime, tmp_path / "nowhere")
@@ -402,7 +420,7 @@ def _image_cases(tmp: Path, phantom) -> list:
     truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     cases.append((truncated, "(truncated or not an image)"))
     short = tmp / "short.npy"
-    short.write_bytes(open(tmp / "nan.npy", "rb").read()[:-100])
+    short.write_bytes((tmp / "nan.npy").read_bytes()[:-100])
     cases.append((short, "as a numpy array (the data is shorter than its header says)"))
     return cases
 
@@ -462,7 +480,7 @@ def test_usage(native, ov_engines):
 
 def test_program_needs_no_python(native):
     """What users ship: the program, its library, OpenVINO's; never libpython."""
-    ldd = subprocess.run(["ldd", str(native["certseg_run"])], capture_output=True, text=True).stdout
+    ldd = subprocess.run(["ldd", str(native["certseg_run"])], check=True, capture_output=True, text=True).stdout
     assert "libcertseg_runtime.so" in ldd and "libopenvino.so" in ldd and "not found" not in ldd
     assert "libpython" not in ldd
 

@@ -102,6 +102,10 @@ typedef struct certseg_certify_options {
 /* n0 10, n 100, tau 0.75, alpha 0.001, seed 0, Holm, no progress. */
 CERTSEG_RUNTIME_API void certseg_certify_options_init(certseg_certify_options* options);
 
+/* Check options as certseg_certify does (tau, alpha, n0, n, correction), before any engine is opened; the message
+ * is the Python runtime's ("invalid tau=1.5: must lie strictly between 0.5 and 1"). */
+CERTSEG_RUNTIME_API int certseg_certify_options_check(const certseg_certify_options* options);
+
 /* Certify one image: float32 (channels, height, width), C order, finite, in [0, 1], the engine's image shape.
  *   labels:           uint8 (height * width), the certified class or CERTSEG_ABSTAIN (255); required.
  *   pvalues:          double (height * width), P(Binom(n, tau) >= k) of each pixel's candidate; may be NULL.

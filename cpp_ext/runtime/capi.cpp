@@ -108,6 +108,13 @@ void certseg_certify_options_init(certseg_certify_options* options) {
   options->progress_user = nullptr;
 }
 
+int certseg_certify_options_check(const certseg_certify_options* options) {
+  return guarded([&] {
+    if (options == nullptr) certseg::rt::fail(CERTSEG_ERR_ARGUMENT, "options is NULL");
+    certseg::rt::check_certify_options(*options);
+  });
+}
+
 int certseg_certify(certseg_engine* engine, const float* image, size_t channels, size_t height, size_t width,
                     const certseg_certify_options* options, uint8_t* labels, double* pvalues,
                     char** certificate_json) {

@@ -57,12 +57,13 @@ void check_certify_options(const certseg_certify_options& o) {
 Engine::Engine(const std::string& engine_dir, int threads, int batch_size) : manifest_(load_manifest(engine_dir)) {
   const Manifest& m = manifest_;
   if (threads < 0) fail(CERTSEG_ERR_ARGUMENT, "threads must be >= 1 (or 0 for the engine's), got " + std::to_string(threads));
-  batch_size_ = batch_size > 0 ? batch_size : m.batch_opt;
-  if (batch_size < 0 || batch_size_ < m.batch_min || batch_size_ > m.batch_max) {
-    fail(CERTSEG_ERR_ARGUMENT, "batch size " + std::to_string(batch_size_) + " is outside the engine's range " +
+  const int64_t batch = batch_size > 0 ? batch_size : m.batch_opt;
+  if (batch_size < 0 || batch < m.batch_min || batch > m.batch_max || batch > (1 << 20)) {
+    fail(CERTSEG_ERR_ARGUMENT, "batch size " + std::to_string(batch) + " is outside the engine's range " +
                                    std::to_string(m.batch_min) + ".." + std::to_string(m.batch_max));
   }
-  model_.reset(new OpenVinoModel(manifest_, threads > 0 ? threads : m.threads));
+  batch_size_ = static_cast<int>(batch);
+  model_.reset(new OpenVinoModel(manifest_, threads > 0 ? threads : static_cast<int>(m.threads)));
   // Noise and votes are a few percent of a batch; between inference calls a second OpenMP team would only spin
   // against OpenVINO's own threads (the Python runtime makes the same choice in runtime/sampling.py).
   certseg_set_num_threads(1);

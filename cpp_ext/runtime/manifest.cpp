@@ -182,8 +182,10 @@ void check_openvino_fields(Manifest& m) {
   }
   m.threads = 0;
   if (ov.contains("threads")) {
-    if (!positive_int(ov["threads"])) refuse(m.path + " field openvino.threads must be an integer >= 1; " + kRebuildOpenVino);
-    m.threads = ov["threads"].get<int>();
+    if (!positive_int(ov["threads"]) || ov["threads"].get<int64_t>() > 4096) {
+      refuse(m.path + " field openvino.threads must be an integer in [1, 4096]; " + kRebuildOpenVino);
+    }
+    m.threads = ov["threads"].get<int64_t>();
   }
   const Json& tools = j["tools"];
   if (tools.contains("openvino") && tools["openvino"] != ov["version"]) {
@@ -270,9 +272,9 @@ Manifest load_manifest(const std::string& engine_dir) {
   m.channels = m.json["input"]["channels"].get<std::size_t>();
   m.height = m.json["input"]["height"].get<std::size_t>();
   m.width = m.json["input"]["width"].get<std::size_t>();
-  m.batch_min = m.json["batch_sizes"]["min"].get<int>();
-  m.batch_opt = m.json["batch_sizes"]["opt"].get<int>();
-  m.batch_max = m.json["batch_sizes"]["max"].get<int>();
+  m.batch_min = m.json["batch_sizes"]["min"].get<int64_t>();
+  m.batch_opt = m.json["batch_sizes"]["opt"].get<int64_t>();
+  m.batch_max = m.json["batch_sizes"]["max"].get<int64_t>();
   // Fields first (no file read yet), then every hash, before the runner parses any model file.
   if (m.backend == "openvino") check_openvino_fields(m);
   check_hashes(m, root);

@@ -27,7 +27,7 @@ struct Manifest {
   double sigma = 0;
   std::vector<std::string> classes;
   std::size_t channels = 0, height = 0, width = 0;  // the fused graph's input (the noise space)
-  int batch_min = 0, batch_opt = 0, batch_max = 0;
+  int64_t batch_min = 0, batch_opt = 0, batch_max = 0;
 
   // Input adapter "replicate": the image has image_channels (1) channels, replicated into `channels`.
   bool replicate = false;
@@ -37,7 +37,7 @@ struct Manifest {
   // OpenVINO contract.
   std::string openvino_version;      // openvino.version as built
   std::string inference_precision;   // "f32" | "bf16"
-  int threads = 0;                   // openvino.threads
+  int64_t threads = 0;               // openvino.threads
   std::string fused_xml, fused_bin;  // names inside the directory (both hashed)
   // The fused model's bytes as hashed: OpenVINO parses exactly these (no second read from disk).
   std::vector<uint8_t> fused_xml_bytes, fused_bin_bytes;

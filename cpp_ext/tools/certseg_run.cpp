@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "certseg_runtime.h"
+#include "../runtime/common.hpp"
 #include "image_io.hpp"
 
 namespace {
@@ -162,32 +163,8 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-// str(pathlib.Path(p)), as the Python CLI writes paths into the certificate.
-std::string py_path(const std::string& p) {
-  std::string out;
-  const bool absolute = !p.empty() && p[0] == '/';
-  std::size_t i = 0;
-  while (i <= p.size()) {
-    std::size_t j = p.find('/', i);
-    if (j == std::string::npos) j = p.size();
-    const std::string part = p.substr(i, j - i);
-    if (!part.empty() && part != ".") out += (out.empty() ? "" : "/") + part;
-    i = j + 1;
-  }
-  out = (absolute ? "/" : "") + out;
-  return out.empty() ? "." : out;
-}
-
-std::string py_float_str(double v) {  // str() of a float, for the --sigma message
-  char buf[32];
-  for (int digits = 1; digits <= 17; ++digits) {
-    std::snprintf(buf, sizeof buf, "%.*g", digits, v);
-    if (std::strtod(buf, nullptr) == v) break;
-  }
-  std::string s = buf;
-  if (s.find_first_of(".eni") == std::string::npos) s += ".0";
-  return s;
-}
+using certseg::rt::py_float;  // repr() of a Python float: the Python CLI's messages
+using certseg::rt::py_path;   // str(pathlib.Path(p)): how the Python CLI writes paths into the certificate
 
 struct Progress {
   std::string name;
@@ -213,16 +190,9 @@ int run(const Args& a) {
   certseg_certify_options o = a.certify;
   o.seed = check_seed(a.seed);
   if (a.has_sigma && !(std::isfinite(a.sigma) && a.sigma > 0)) {
-    throw UserError("invalid sigma=" + py_float_str(a.sigma) + ": must be a finite number > 0");
+    throw UserError("invalid sigma=" + py_float(a.sigma) + ": must be a finite number > 0");
   }
-  if (!(0.5 < o.tau && o.tau < 1)) throw UserError("invalid tau=" + py_float_str(o.tau) + ": must lie strictly between 0.5 and 1");
-  if (!(0 < o.alpha && o.alpha < 1)) throw UserError("invalid alpha=" + py_float_str(o.alpha) + ": must lie strictly between 0 and 1");
-  for (const auto& [name, v] : {std::pair<const char*, int64_t>{"n0", o.n0}, {"n", o.n}}) {
-    if (!(1 <= v && v <= 2147483647)) {
-      throw UserError(std::string("invalid ") + name + "=" + std::to_string(v) +
-                      ": must be an integer in [1, 2147483647] (votes are counted in int32)");
-    }
-  }
+  if (certseg_certify_options_check(&o) != CERTSEG_OK) throw UserError(certseg_runtime_last_error());
   if (!a.out.empty()) {
     const std::string ext = std::filesystem::path(a.out).extension().string();
     std::string lower = ext;
@@ -249,9 +219,9 @@ int run(const Args& a) {
   const std::unique_ptr<certseg_engine, EngineCloser> engine(raw_engine);
   const double sigma = certseg_engine_sigma(engine.get());
   if (a.has_sigma && !(std::fabs(a.sigma - sigma) <= 1e-12)) {
-    throw UserError("--sigma " + py_float_str(a.sigma) + " differs from the engine's sigma " + py_float_str(sigma) +
+    throw UserError("--sigma " + py_float(a.sigma) + " differs from the engine's sigma " + py_float(sigma) +
                     " (manifest field sigma; the denoiser's timestep depends on it); rebuild with `certseg-rt "
-                    "build-engine --sigma " + py_float_str(a.sigma) + "` or omit --sigma");
+                    "build-engine --sigma " + py_float(a.sigma) + "` or omit --sigma");
   }
   std::size_t channels = 0, height = 0, width = 0;
   certseg_engine_image_shape(engine.get(), &channels, &height, &width);
