@@ -9,7 +9,7 @@ size of what a user ships, and resident memory over repeated certifies.
   median of the paired ratios.  Both certificates are checked equal on every round.
 * Start-up: wall time of one process that opens the engine and certifies with n0 = 1, n = 1: `certseg-run`
   against `python -c` with the Python runner (interpreter, imports, compile), median of three, and the peak
-  resident memory of that process.
+  resident memory of that process (GNU time's %M).
 * Size: certseg-run + libcertseg_runtime.so, the shared libraries ldd resolves for it, and what OpenVINO loads at
   run time (the CPU plugin and the IR frontend).
 * --soak: 200 certifies (n0 1, n 2) of the chest engine in one process, resident memory after 20 and after 200.
@@ -127,6 +127,9 @@ python_certificate(PythonOpenVino(Path({engine!r})), Path({image!r}), n0=1, n=1)
 """
 
 
+TIME = Path("/usr/bin/time").exists()  # GNU time, for the children's peak resident memory
+
+
 def startup(program: Path, engine: Path, image: Path) -> dict:
     tests = str(Path(__file__).resolve().parents[1] / "tests")
     commands = {"native": [str(program), str(engine), str(image), "--n0", "1", "--n", "1"],
@@ -136,15 +139,17 @@ def startup(program: Path, engine: Path, image: Path) -> dict:
     for name, command in commands.items():
         walls, peaks = [], []
         for _ in range(3):
-            start = time.perf_counter()
-            child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            _, status, usage = os.wait4(child.pid, 0)  # the child's own peak resident memory
-            walls.append(time.perf_counter() - start)
-            if status != 0:
-                raise RuntimeError(f"{' '.join(command)} failed")
-            peaks.append(usage.ru_maxrss / 1024)
+            with tempfile.NamedTemporaryFile("r") as peak:
+                # GNU time's child starts small: a child forked from this (large) Python process would inherit
+                # its resident high-water mark across exec, and ru_maxrss would report ours.
+                timed = ["/usr/bin/time", "-f", "%M", "-o", peak.name, *command] if TIME else command
+                start = time.perf_counter()
+                subprocess.run(timed, check=True, capture_output=True)
+                walls.append(time.perf_counter() - start)
+                if TIME:
+                    peaks.append(int(peak.read().split()[-1]) / 1024)
         out[f"{name}_s"] = statistics.median(walls)
-        out[f"{name}_peak_mb"] = max(peaks)
+        out[f"{name}_peak_mb"] = max(peaks) if peaks else float("nan")
     return out
 
 

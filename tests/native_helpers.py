@@ -57,6 +57,39 @@ def build_native(build_dir: Path, *, tests: bool = True, build_type: str = "Rele
             "library": out / "libcertseg_runtime.so", "kernels": build_dir / "libcertseg.so", "seconds": time.perf_counter() - start}
 
 
+# Built once per test session, whichever test module asks first (pytest's session fixtures are per defining module).
+_SESSION: dict = {}
+
+
+def session_build(tmp_path_factory) -> dict:
+    if "build" not in _SESSION:
+        _SESSION["build"] = build_native(tmp_path_factory.mktemp("certseg_native"))
+    return _SESSION["build"]
+
+
+def session_openvino_engines(onnx_engine: Path, tmp_path_factory) -> dict:
+    """fp32 (and, where the CPU has native bf16, bf16) OpenVINO engines of an ONNX Runtime engine's model."""
+    if "engines" not in _SESSION:
+        root = tmp_path_factory.mktemp("ov_engines")
+        precisions = ["fp32"] + (["bf16"] if cpu_has_bf16() else [])
+        _SESSION["engines"] = {p: openvino_engine(onnx_engine, root / p, p) for p in precisions}
+    return _SESSION["engines"]
+
+
+def run(program, *args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(program), *map(str, args)], check=False, capture_output=True, text=True, timeout=300,
+                          cwd=cwd)
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The message of a failed certseg-run: exit 1, nothing on stdout, exactly one line on stderr."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0][len("Error: "):]
+
+
 def cpu_has_bf16() -> bool:
     import openvino as ov
 

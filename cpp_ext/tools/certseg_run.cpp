@@ -1,6 +1,7 @@
 // certseg-run ENGINE_DIR IMAGE [options]: certify one image with an OpenVINO engine directory, without Python.
 // The native twin of `certseg-rt certify IMAGE --engine ENGINE_DIR`: the same checks, messages, exit codes
 // (0; 1 with one line on stderr; 2 for usage) and certificate fields; nothing is written on failure.
+#include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -250,7 +251,19 @@ int run(const Args& a) {
   summary["image_sha256"] = digest;
   for (const auto& item : cert.items()) summary[item.key()] = item.value();
   if (!a.out.empty()) {
-    certseg::tools::write_mask(a.out, labels.data(), image.height, image.width);
+    // Ctrl-C or a kill while the mask is written would leave its temporary file behind: hold them until the
+    // rename is done (then the mask is complete).
+    sigset_t hold, previous;
+    sigemptyset(&hold);
+    for (const int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&hold, sig);
+    sigprocmask(SIG_BLOCK, &hold, &previous);
+    try {
+      certseg::tools::write_mask(a.out, labels.data(), image.height, image.width);
+    } catch (...) {
+      sigprocmask(SIG_SETMASK, &previous, nullptr);
+      throw;
+    }
+    sigprocmask(SIG_SETMASK, &previous, nullptr);
     summary["mask"] = py_path(a.out);
   }
   if (a.json) {
