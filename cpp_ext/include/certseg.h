@@ -86,6 +86,10 @@ CERTSEG_API int certseg_certify_counts(const int32_t* counts0, const int32_t* co
                                        size_t pixels, int64_t n, double tau, double alpha,
                                        certseg_correction correction, uint8_t* labels, double* pvalues);
 
+/* The certified L2 radius sigma * Phi^-1(tau) into *radius, bit for bit as certseg_rt.stats.certified_radius
+ * (scipy's ndtri): sigma > 0 finite, 0.5 < tau < 1 (the range certify takes). */
+CERTSEG_API int certseg_certified_radius(double sigma, double tau, double* radius);
+
 /* ---- CUDA (device pointers; stream is a cudaStream_t, NULL for the default stream) ----------------
  * Kernels are launched asynchronously on the stream; a return of CERTSEG_OK means the launch succeeded.
  * Without CUDA support every function returns CERTSEG_ERR_NO_CUDA. */

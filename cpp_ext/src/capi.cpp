@@ -162,6 +162,14 @@ int certseg_certify_counts(const int32_t* counts0, const int32_t* counts, size_t
   return ok();
 }
 
+int certseg_certified_radius(double sigma, double tau, double* radius) {
+  if (radius == nullptr) return fail(CERTSEG_ERR_ARGUMENT, "radius is NULL");
+  if (!(std::isfinite(sigma) && sigma > 0.0)) return fail(CERTSEG_ERR_ARGUMENT, "sigma must be a finite number > 0");
+  if (!(tau > 0.5 && tau < 1.0)) return fail(CERTSEG_ERR_ARGUMENT, "tau must lie strictly between 0.5 and 1");
+  *radius = sigma * certseg::normal_ppf(tau);
+  return ok();
+}
+
 int certseg_cuda_compiled(void) { return certseg::cuda::compiled() ? 1 : 0; }
 
 int certseg_cuda_device_count(void) { return certseg::cuda::device_count(); }

@@ -56,6 +56,74 @@ std::vector<double> binomial_upper_tail(int64_t n, double tau) {
   return table;
 }
 
+namespace {
+
+// Coefficients of the rational approximations of Cephes' ndtri (S. L. Moshier, Cephes Math Library 2.1,
+// as scipy.special.ndtri uses them); highest power first.  The denominators' leading 1 is implicit.
+// Central region |q - 0.5| <= 0.5 - exp(-2): x / sqrt(2 pi) = w + w^3 P0(w^2) / Q0(w^2), w = q - 0.5.
+constexpr double kP0[5] = {-5.99633501014107895267E1, 9.80010754185999661536E1, -5.66762857469070293439E1,
+                           1.39312609387279679503E1, -1.23916583867381258016E0};
+constexpr double kQ0[8] = {1.95448858338141759834E0,  4.67627912898881538453E0, 8.63602421390890590575E1,
+                           -2.25462687854119370527E2, 2.00260212380060660359E2, -8.20372256168333339912E1,
+                           1.59056225126211695515E1,  -1.18331621121330003142E0};
+// Tails, z = sqrt(-2 ln y) in [2, 8): x = z - ln(z) / z - (1 / z) P1(1 / z) / Q1(1 / z).
+constexpr double kP1[9] = {4.05544892305962419923E0,   3.15251094599893866154E1,  5.71628192246421288162E1,
+                           4.40805073893200834700E1,   1.46849561928858024014E1,  2.18663306850790267539E0,
+                           -1.40256079171354495875E-1, -3.50424626827848203418E-2, -8.57456785154685413611E-4};
+constexpr double kQ1[8] = {1.57799883256466749731E1,   4.53907635128879210584E1,  4.13172038254672030440E1,
+                           1.50425385692907503408E1,   2.50464946208309415979E0,  -1.42182922854787788574E-1,
+                           -3.80806407691578277194E-2, -9.33259480895457427372E-4};
+// z in [8, 64).
+constexpr double kP2[9] = {3.23774891776946035970E0,  6.91522889068984211695E0,  3.93881025292474443415E0,
+                           1.33303460815807542389E0,  2.01485389549179081538E-1, 1.23716634817820021358E-2,
+                           3.01581553508235416007E-4, 2.65806974686737550832E-6, 6.23974539184983293730E-9};
+constexpr double kQ2[8] = {6.02427039364742014255E0,  3.67983563856160859403E0,  1.37702099489081330271E0,
+                           2.16236993594496635890E-1, 1.34204006088543189037E-2, 3.28014464682127739104E-4,
+                           2.89247864745380683936E-6, 6.79019408009981274425E-9};
+constexpr double kSqrt2Pi = 2.50662827463100050242E0;
+constexpr double kExpMinus2 = 0.13533528323661269189;
+
+// Horner's rule, a multiply then an add per step (this file is compiled with -ffp-contract=off, as scipy's
+// portable x86-64 build has no FMA): the same roundings as Cephes' polevl / p1evl.
+template <std::size_t N>
+double horner(double x, const double (&c)[N]) {
+  double acc = c[0];
+  for (std::size_t i = 1; i < N; ++i) acc = acc * x + c[i];
+  return acc;
+}
+template <std::size_t N>
+double horner_monic(double x, const double (&c)[N]) {  // leading coefficient 1, then c
+  double acc = x + c[0];
+  for (std::size_t i = 1; i < N; ++i) acc = acc * x + c[i];
+  return acc;
+}
+
+}  // namespace
+
+double normal_ppf(double q) {
+  if (q == 0.0) return -HUGE_VAL;
+  if (q == 1.0) return HUGE_VAL;
+  if (!(q > 0.0 && q < 1.0)) return std::nan("");
+  bool lower = true;  // q in the lower half: the result is negative
+  double y = q;
+  if (y > 1.0 - kExpMinus2) {
+    y = 1.0 - y;
+    lower = false;
+  }
+  if (y > kExpMinus2) {
+    const double w = y - 0.5;
+    const double w2 = w * w;
+    const double x = w + w * (w2 * horner(w2, kP0) / horner_monic(w2, kQ0));
+    return x * kSqrt2Pi;
+  }
+  const double z = std::sqrt(-2.0 * std::log(y));
+  const double x0 = z - std::log(z) / z;
+  const double r = 1.0 / z;
+  const double x1 = z < 8.0 ? r * horner(r, kP1) / horner_monic(r, kQ1) : r * horner(r, kP2) / horner_monic(r, kQ2);
+  const double x = x0 - x1;
+  return lower ? -x : x;
+}
+
 std::vector<uint8_t> holm_reject_counts(const int64_t* k, std::size_t m, const std::vector<double>& table,
                                         double alpha) {
   // Sorting the p-values ascending is sorting k descending (the table does not increase), and pixels

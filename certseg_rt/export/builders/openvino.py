@@ -12,7 +12,7 @@ runtime): ``model.xml``/``model.bin`` (fused: x_noisy -> labels), ``segmenter.xm
 (x -> logits, clean Dice), the ONNX graphs they came from, and the manifest fields ``graphs``, ``openvino``
 (version, inference_precision (the hint the runtime sets, read back and checked), executed_precision and
 executed_layers (the compute layers' precisions in the compiled model's runtime graph), cpu_isa, threads,
-performance_hint), ``quantisation`` (int8), ``parity`` and ``tools.openvino``.
+performance_hint, batching), ``quantisation`` (int8), ``parity`` and ``tools.openvino``.
 
 OpenVINO documentation used: ``openvino.convert_model``, ``openvino.save_model(..., compress_to_fp16=False)``,
 ``Model.set_rt_info``, ``Core.compile_model`` with ``INFERENCE_PRECISION_HINT``, ``CompiledModel.get_property``,
@@ -144,7 +144,7 @@ def check_parity(source, sigma: float, fused, segmenter, properties: dict, *, fl
 def build(stage: Path, graphs, *, source, sigma, precision, batch_sizes, threads, parity, force, options, log) -> dict:
     import openvino as ov
 
-    from ...runtime.backends.openvino import compile_properties, compile_static
+    from ...runtime.backends.openvino import BATCHING, compile_properties, compile_static
 
     metadata = {"sigma": sigma, "classes": source.classes, "input": graphs.metadata["input"]}
     log("converting to OpenVINO IR")
@@ -177,5 +177,5 @@ def build(stage: Path, graphs, *, source, sigma, precision, batch_sizes, threads
     return {"graphs": {"fused": "model.xml", "segmenter": "segmenter.xml"},
             "openvino": {"version": version, "inference_precision": INFERENCE_PRECISION[precision],
                          "executed_precision": executed_precision(layers), "executed_layers": layers, "cpu_isa": cpu_isa(), "threads": threads,
-                         "performance_hint": "LATENCY"},
+                         "performance_hint": "LATENCY", "batching": BATCHING},
             "quantisation": quantisation, "parity": report, "tools": {"openvino": version}}

@@ -37,6 +37,11 @@ from ...errors import CertsegError
 from ..sampling import GraphBackend, MemoryCosts, check_input
 
 INFERENCE_PRECISIONS = ("f32", "bf16")  # values of the manifest's openvino.inference_precision
+# Manifest field openvino.batching: how this runner and the native one (cpp_ext/runtime/engine.cpp) batch samples,
+# every sample of a call at one static batch size (GraphBackend.static_batch).  Reduced precision picks kernels per
+# shape, so the batching is part of the base model that is certified: both runtimes refuse an engine recording
+# another.
+BATCHING = "static-per-call"
 # Measured by benchmarks/memory_budget.py (peak RSS of certify at 512x512: 296 MB at batch 1; 1181 MB at batch 8
 # with models for 2 and 1 compiled too, 88 MB per compiled sample against 105 MB of torch's live tensors):
 # OpenVINO's CPU plugin fuses and reuses buffers.  The 2 counts the two compiled batch sizes kept (each at
@@ -197,6 +202,10 @@ def check_engine(manifest: dict, openvino, core) -> dict:
     if settings["inference_precision"] == "bf16" or precision == "bf16":
         require_native_bf16(core, f"engine {precision} (field openvino.inference_precision "
                                   f"{settings['inference_precision']})")
+    if settings.get("batching") != BATCHING:
+        raise CertsegError(f"engine field openvino.batching is {settings.get('batching')!r}; this runtime batches "
+                           f"{BATCHING!r} (the batching is part of the certified base model); "
+                           f"{rebuild_hint(precision)}")
     threads = settings.get("threads")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise CertsegError(f"engine field openvino.threads is {threads!r}; it must be an integer >= 1; "
@@ -259,7 +268,8 @@ def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, pr
     # The clean segmenter takes the image as given (before an adapter replicates it for the denoiser).
     backend.segment = OpenVinoSegmenter(core, segmenter, image_channels(manifest), properties,
                                         batch=batch if backend.fixed_batch else 1)
+    compiled = backend.compiled  # what the plugin compiled, read back (the native runtime records the same)
     backend.record.update({"openvino": openvino.get_version(), "batch_size": batch,
-                           "inference_precision": properties["INFERENCE_PRECISION_HINT"],
-                           "threads": properties["INFERENCE_NUM_THREADS"]})
+                           "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+                           "threads": int(compiled.get_property("INFERENCE_NUM_THREADS"))})
     return backend
