@@ -32,6 +32,12 @@ RUNNERS: dict[str, Runner] = {
     "tensorrt": Runner("tensorrt", "gpu", gpu=True),
 }
 
+# Runners of a model directory (torch modules, no engine): the module defines
+# ``open_model(model_dir, sigma, *, batch_size, precision, ...)``.
+MODEL_RUNNERS: dict[str, Runner] = {
+    "torch-cuda": Runner("torch_cuda", "export", gpu=True),
+}
+
 
 def runner(backend: str) -> ModuleType:
     """The runner module of an engine's backend, or one line saying which backends this runtime knows."""
@@ -56,3 +62,12 @@ def engine_batch_size(manifest: dict, batch_size: int | None) -> int:
     if not sizes["min"] <= batch <= sizes["max"]:
         raise CertsegError(f"batch size {batch} is outside the engine's range {sizes['min']}..{sizes['max']}")
     return batch
+
+
+def open_model(backend: str, model_dir, sigma: float, **options):
+    """The backend of a model directory, opened by its runner module (MODEL_RUNNERS), or one line naming those known."""
+    entry = MODEL_RUNNERS.get(backend)
+    if entry is None:
+        raise CertsegError(f"backend {backend!r} does not run a model directory (these do: "
+                           f"{', '.join(sorted(MODEL_RUNNERS))}); build an engine for the others")
+    return importlib.import_module(f"{__name__}.{entry.module}").open_model(model_dir, sigma, **options)
