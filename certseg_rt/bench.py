@@ -11,6 +11,10 @@ Rows (each measured in its own subprocess, so peak RSS is the row's own):
 * ``tensorrt`` (fp32, fp16, bf16): certseg-rt's GPU path, when this machine can build and run TensorRT
   engines (tensorrt, cuda-python, a GPU and the extension's CUDA kernels); otherwise the result says why
   there are no such rows.
+* ``torch-cuda-eager`` / ``torch-cuda-fused`` (fp32, fp16, bf16): the PyTorch GPU baseline (host noise and
+  votes) and the fused device loop (CUDA noise and votes, CUDA graph), where torch sees a CUDA device.  On
+  such a machine the summary compares the GPU rows with the eager GPU baseline (fp32 and bf16), never
+  with CPU rows.
 
 Each row: median seconds of whole CERTIFY calls (n0 + n samples, noise, inference, votes, statistics)
 after a warm-up, samples/s, peak RSS, certified Dice on a fixed set of held-out phantoms, achieved
@@ -35,6 +39,8 @@ from . import __version__
 
 DICE_PHANTOMS = 3  # fixed held-out phantoms for each row's certified Dice
 ENGINE_BACKENDS = ("onnxruntime", "tensorrt")  # rows that certify an engine directory
+TORCH_CUDA_BACKENDS = ("torch-cuda-eager", "torch-cuda-fused")  # rows of runtime.backends.torch_cuda, one per form
+GPU_BACKENDS = ("tensorrt", *TORCH_CUDA_BACKENDS)  # rows timed on the GPU: no fraction of the CPU's peak
 
 
 def peak_rss_mb() -> float:
@@ -141,6 +147,12 @@ def run_row(spec: dict) -> dict:
 
         backend = CertifiedSegmenter.load(spec["engine"], batch_size=bs).backend
         run = lambda x, seed: certify(backend, x, n0=n0, n=n, seed=seed).labels
+    elif spec["backend"] in TORCH_CUDA_BACKENDS:
+        from .runtime.backends import open_model
+
+        backend = open_model("torch-cuda", Path(spec["model"]), 0.25, batch_size=bs, precision=spec["precision"],
+                             form=spec["backend"].rsplit("-", 1)[1])
+        run = lambda x, seed: certify(backend, x, n0=n0, n=n, seed=seed).labels
     else:
         from .runtime.backends.torch_eager import reference_backend
 
@@ -180,7 +192,8 @@ def run_row(spec: dict) -> dict:
             "samples_per_second": round((n0 + n) / med, 1),
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "certified_dice": round(float(np.mean(dice)), 4) if dice else None,
-            "gflops_per_second": round(flops / med, 1)}
+            "gflops_per_second": round(flops / med, 1),
+            **{k: v for k, v in getattr(backend, "record", {}).items() if k in ("device", "cuda_graph")}}
 
 
 def _row_in_subprocess(spec: dict) -> dict:
@@ -216,6 +229,48 @@ def check_arguments(*, sizes, batch_sizes, precisions, repeats, engine_dir=None)
                                f"{m['batch_sizes']['max']}, not all of {','.join(map(str, batch_sizes))}")
 
 
+def _row_at_best_batch(spec: dict, batch_sizes, best_batch: dict, log) -> dict:
+    """The reported row of one configuration: the batch size is swept once per (size, backend, precision), at
+    the first n that reaches here (timing only), then the best one is timed again with its certified Dice."""
+    name, precision = spec["backend"], spec["precision"]
+    size, n = spec["image_size"], spec["n"]
+    key = (size, name, precision)
+    if key not in best_batch:
+        best = None
+        if len(batch_sizes) > 1:  # timing only, to find the best batch size
+            for bs in batch_sizes:
+                log(f"{name} {precision} {size}x{size} n={n} batch {bs}")
+                row = _row_in_subprocess({**spec, "batch_size": bs, "dice": False})
+                if best is None or row["seconds_median"] < best["seconds_median"]:
+                    best = row
+        best_batch[key] = best["batch_size"] if best else batch_sizes[0]
+    bs = best_batch[key]
+    log(f"{name} {precision} {size}x{size} n={n} batch {bs} (+ certified Dice)")
+    return _row_in_subprocess({**spec, "batch_size": bs})
+
+
+def torch_cuda_unavailable() -> str | None:
+    """None when torch-cuda rows can run here (torch sees a CUDA device, the CUDA kernels exist); else why not."""
+    from .errors import CertsegError
+
+    try:
+        from .runtime.backends.torch_cuda import require_cuda
+    except ImportError as e:
+        return f"torch is not importable ({e})"
+    try:
+        require_cuda(kernels=True)
+    except CertsegError as e:
+        return str(e).splitlines()[0]
+    return None
+
+
+def torch_cuda_rows(base: dict, *, precisions, batch_sizes, best_batch: dict, log) -> list[dict]:
+    """The torch-cuda rows of one image size and n: eager (the PyTorch GPU baseline) and fused, each precision."""
+    return [_row_at_best_batch({**base, "backend": name, "precision": precision, "engine": ""}, batch_sizes,
+                               best_batch, log)
+            for precision in precisions for name in TORCH_CUDA_BACKENDS]
+
+
 def tensorrt_unavailable() -> str | None:
     """None when TensorRT engines can be built and run here; otherwise why not, in one line."""
     from .errors import CertsegError
@@ -230,14 +285,27 @@ def tensorrt_unavailable() -> str | None:
 
 def run(*, sizes=(128, 256), ns=(100,), batch_sizes=(8, 16, 32), precisions=("fp32", "int8"), repeats: int = 3,
         n0: int = 10, reference: bool = True, engine_dir: Path | None = None, model: str = "chest",
-        torch_precisions=("fp32",), tensorrt_precisions=("fp32", "fp16", "bf16"), log=print) -> dict:
-    """All rows.  The batch size is swept at the smallest n; larger n reuse the best one found there."""
+        torch_precisions=("fp32",), tensorrt_precisions=("fp32", "fp16", "bf16"), torch_cuda_precisions=(),
+        cpu_rows: bool = True, log=print) -> dict:
+    """All rows.  The batch size is swept at the smallest n; larger n reuse the best one found there.
+    cpu_rows=False: the GPU rows only (no reference loop, CPU torch or ONNX Runtime rows)."""
     check_arguments(sizes=sizes, batch_sizes=batch_sizes, precisions=precisions, repeats=repeats,
                     engine_dir=engine_dir)
     tensorrt_skipped = tensorrt_unavailable() if tensorrt_precisions else "not requested"
     if tensorrt_skipped:
         log(f"no TensorRT rows: {tensorrt_skipped}")
         tensorrt_precisions = ()
+    torch_cuda_skipped = torch_cuda_unavailable() if torch_cuda_precisions else "not requested"
+    if torch_cuda_skipped:
+        log(f"no torch-cuda rows: {torch_cuda_skipped}")
+        torch_cuda_precisions = ()
+    if not cpu_rows:
+        if tensorrt_skipped and torch_cuda_skipped:
+            from .errors import CertsegError
+
+            raise CertsegError(f"--gpu-only, but this machine has no GPU rows to run (torch-cuda: {torch_cuda_skipped}; "
+                               f"TensorRT: {tensorrt_skipped}); run without --gpu-only")
+        precisions, torch_precisions, reference = (), (), False
     from .export.build import build_engine
     from .export.loaders import load_model_dir, load_source
     from .zoo import bundled_model_dir
@@ -272,26 +340,16 @@ def run(*, sizes=(128, 256), ns=(100,), batch_sizes=(8, 16, 32), precisions=("fp
                 for backend in (*(f"torch-eager:{p}" for p in torch_precisions), *engines):
                     name, _, precision = backend.partition(":")
                     spec = {**base, "backend": name, "precision": precision, "engine": str(engines.get(backend, ""))}
-                    key = (size, name, precision)
-                    if key not in best_batch:
-                        best = None
-                        if len(batch_sizes) > 1:  # timing only, to find the best batch size
-                            for bs in batch_sizes:
-                                log(f"{name} {precision} {size}x{size} n={n} batch {bs}")
-                                row = _row_in_subprocess({**spec, "batch_size": bs, "dice": False})
-                                if best is None or row["seconds_median"] < best["seconds_median"]:
-                                    best = row
-                        best_batch[key] = best["batch_size"] if best else batch_sizes[0]
-                    # The reported row: the best batch size, timed again with its certified Dice.
-                    bs = best_batch[key]
-                    log(f"{name} {precision} {size}x{size} n={n} batch {bs} (+ certified Dice)")
-                    rows.append(_row_in_subprocess({**spec, "batch_size": bs}))
+                    rows.append(_row_at_best_batch(spec, batch_sizes, best_batch, log))
+                rows.extend(torch_cuda_rows(base, precisions=torch_cuda_precisions, batch_sizes=batch_sizes,
+                                            best_batch=best_batch, log=log))
     peak = mach["fp32_peak_gflops_estimate"]
     for row in rows:  # the peak is the CPU's: a GPU row has no fraction of it
         row["fraction_of_fp32_peak"] = round(row["gflops_per_second"] / peak, 3) \
-            if peak and row["backend"] != "tensorrt" else None
+            if peak and row["backend"] not in GPU_BACKENDS else None
     return {"machine": mach, "model": model.name, "rows": rows, "summary": summarize(rows),
-            "tensorrt": {"rows": not tensorrt_skipped, "skipped_because": tensorrt_skipped}}
+            "tensorrt": {"rows": not tensorrt_skipped, "skipped_because": tensorrt_skipped},
+            "torch_cuda": {"rows": not torch_cuda_skipped, "skipped_because": torch_cuda_skipped}}
 
 
 def summarize(rows) -> dict:
@@ -303,14 +361,12 @@ def summarize(rows) -> dict:
             ref = sel.get("reference-loop:fp32")
             fastest = min((r for k, r in sel.items() if k.startswith("onnxruntime")),
                           key=lambda r: r["seconds_median"], default=None)
-            gpu = min((r for k, r in sel.items() if k.startswith("tensorrt")),
-                      key=lambda r: r["seconds_median"], default=None)
+            gpu = summarize_gpu(sel)
             if fastest is None:
+                if gpu:  # GPU rows only (bench --gpu-only)
+                    out[f"{size}x{size} n={n}"] = gpu
                 continue
-            entry = {"fastest": f"onnxruntime:{fastest['precision']}", "seconds": fastest["seconds_median"]}
-            if gpu is not None:
-                entry["fastest_gpu"] = f"tensorrt:{gpu['precision']}"
-                entry["gpu_seconds"] = gpu["seconds_median"]
+            entry = {"fastest": f"onnxruntime:{fastest['precision']}", "seconds": fastest["seconds_median"], **gpu}
             if eager:
                 entry["speedup_vs_torch_eager"] = round(eager["seconds_median"] / fastest["seconds_median"], 2)
                 if fastest["certified_dice"] is not None and eager["certified_dice"] is not None:
@@ -322,6 +378,28 @@ def summarize(rows) -> dict:
     return out
 
 
+def summarize_gpu(sel: dict) -> dict:
+    """The fastest GPU row, set against the PyTorch GPU baseline (torch-cuda eager, fp32 and bf16) when it ran;
+    and fused over eager per precision.  GPU rows are never compared with CPU rows."""
+    gpu = {k: r for k, r in sel.items() if r["backend"] in GPU_BACKENDS}
+    if not gpu:
+        return {}
+    key, fastest = min(gpu.items(), key=lambda kv: kv[1]["seconds_median"])
+    entry = {"fastest_gpu": key, "gpu_seconds": fastest["seconds_median"]}
+    for p in ("fp32", "bf16"):
+        base = sel.get(f"torch-cuda-eager:{p}")
+        if base is not None:
+            entry[f"gpu_speedup_vs_torch_cuda_eager_{p}"] = round(base["seconds_median"] / fastest["seconds_median"], 2)
+    fused = {}
+    for r in gpu.values():
+        eager = sel.get(f"torch-cuda-eager:{r['precision']}")
+        if r["backend"] == "torch-cuda-fused" and eager is not None:
+            fused[r["precision"]] = round(eager["seconds_median"] / r["seconds_median"], 2)
+    if fused:
+        entry["torch_cuda_fused_speedup_vs_eager"] = fused
+    return entry
+
+
 def to_markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"Model: bundled {result.get('model', 'chest')}.  Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['isa'])}); estimated fp32 peak "
@@ -329,6 +407,9 @@ def to_markdown(result: dict) -> str:
              f"onnxruntime {m.get('onnxruntime', '-')}, extension {m['extension']}.", "",
              "| backend | precision | image | n0 + n | batch | seconds (median) | samples/s | peak RSS MB | "
              "certified Dice | GFLOP/s | of peak |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    devices = sorted({r["device"] for r in result["rows"] if r.get("device")})
+    if devices:
+        lines[1:1] = ["", f"GPU (torch-cuda rows): {', '.join(devices)}."]
     for r in result["rows"]:
         dice = "-" if r["certified_dice"] is None else f"{r['certified_dice']:.3f}"
         frac = "-" if r.get("fraction_of_fp32_peak") is None else f"{r['fraction_of_fp32_peak']:.1%}"
@@ -337,17 +418,34 @@ def to_markdown(result: dict) -> str:
                      f"{r['peak_rss_mb']:.0f} | {dice} | {r['gflops_per_second']:.1f} | {frac} |")
     lines.append("")
     for k, v in result["summary"].items():
+        if "fastest" not in v:  # GPU rows only
+            lines.append(f"- {k}: {_gpu_summary_text(v)}")
+            continue
         lines.append(f"- {k}: fastest {v['fastest']} {v['seconds']:.3f} s" +
                      (f", {v['speedup_vs_torch_eager']}x torch eager" if "speedup_vs_torch_eager" in v else "") +
                      (f" ({v['dice_points_vs_torch_eager']:+.2f} Dice points)" if "dice_points_vs_torch_eager" in v
                       else "") +
                      (f", {v['speedup_vs_reference_loop']}x the reference loop" if "speedup_vs_reference_loop" in v
                       else "") +
-                     (f"; GPU: {v['fastest_gpu']} {v['gpu_seconds']:.3f} s" if "fastest_gpu" in v else ""))
+                     (f"; {_gpu_summary_text(v)}" if "fastest_gpu" in v else ""))
     skipped = result.get("tensorrt", {}).get("skipped_because")
     if skipped:
         lines.append(f"- no TensorRT rows: {skipped}")
+    skipped = result.get("torch_cuda", {}).get("skipped_because")
+    if skipped and skipped != "not requested":
+        lines.append(f"- no torch-cuda rows: {skipped}")
     return "\n".join(lines) + "\n"
+
+
+def _gpu_summary_text(v: dict) -> str:
+    text = f"GPU: {v['fastest_gpu']} {v['gpu_seconds']:.3f} s"
+    for p in ("fp32", "bf16"):
+        if f"gpu_speedup_vs_torch_cuda_eager_{p}" in v:
+            text += f", {v[f'gpu_speedup_vs_torch_cuda_eager_{p}']}x torch-cuda eager {p}"
+    if "torch_cuda_fused_speedup_vs_eager" in v:
+        ratios = v["torch_cuda_fused_speedup_vs_eager"]
+        text += "; fused over eager: " + ", ".join(f"{p} {x}x" for p, x in ratios.items())
+    return text
 
 
 if __name__ == "__main__":  # one row, in a subprocess of run()

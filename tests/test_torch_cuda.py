@@ -326,3 +326,97 @@ def test_gpu_fp32_certificates_equal_cpu_torch(chest_dir, reference, phantom):
     b = certify(reference, phantom.image, seed=3)
     assert np.mean(a.labels == b.labels) >= 0.999
     assert a.record["device"] == torch.cuda.get_device_name() and a.record["precision"] == "fp32"
+
+
+# ---- bench: torch-cuda rows -----------------------------------------------------------------------------------
+
+def _fake_bench(monkeypatch, torch_cuda_reason=None, tensorrt_reason="no tensorrt here"):
+    """Stand-ins for what needs a GPU or minutes: the availability checks, engine builds and every timed row (each
+    row's time depends on its backend and precision, so the summary has known ratios).  What runs for real is
+    bench's plan: which rows it asks for and what the summary and the table say."""
+    from certseg_rt import bench
+    import certseg_rt.export.build as build
+    import certseg_rt.export.loaders as loaders
+
+    monkeypatch.setattr(bench, "torch_cuda_unavailable", lambda: torch_cuda_reason)
+    monkeypatch.setattr(bench, "tensorrt_unavailable", lambda: tensorrt_reason)
+    monkeypatch.setattr(bench, "gflop_per_sample", lambda model, size: 1.0)
+    monkeypatch.setattr(loaders, "load_source", lambda model, image_size: image_size)
+    monkeypatch.setattr(build, "build_engine", lambda *a, **k: None)
+    seconds = {"torch-eager": 3.0, "onnxruntime": 1.5, "torch-cuda-eager": 0.8, "torch-cuda-fused": 0.2}
+    scale = {"fp32": 1.0, "fp16": 0.5, "bf16": 0.5, "int8": 1.0}
+    asked = []
+
+    def row(spec):
+        asked.append((spec["backend"], spec["precision"], spec["batch_size"]))
+        gpu = spec["backend"].startswith("torch-cuda")
+        return {"backend": spec["backend"], "precision": spec["precision"], "image_size": spec["image_size"],
+                "n0": spec["n0"], "n": spec["n"], "batch_size": spec["batch_size"],
+                "seconds_median": seconds[spec["backend"]] * scale[spec["precision"]] / spec["batch_size"] * 16,
+                "samples_per_second": 1.0, "peak_rss_mb": 1.0, "certified_dice": 0.9, "gflops_per_second": 100.0,
+                **({"device": "stand-in GPU", "cuda_graph": "on"} if gpu else {})}
+
+    monkeypatch.setattr(bench, "_row_in_subprocess", row)
+    return bench, asked
+
+
+def test_bench_reports_torch_cuda_rows_against_the_eager_gpu_baseline(monkeypatch):
+    bench, asked = _fake_bench(monkeypatch)
+    result = bench.run(sizes=(64,), ns=(100,), batch_sizes=(8, 16), precisions=("fp32",), reference=False,
+                       torch_cuda_precisions=("fp32", "bf16"), log=lambda m: None)
+    gpu_rows = [(r["backend"], r["precision"], r["batch_size"]) for r in result["rows"]
+                if r["backend"].startswith("torch-cuda")]
+    assert gpu_rows == [("torch-cuda-eager", "fp32", 16), ("torch-cuda-fused", "fp32", 16),
+                        ("torch-cuda-eager", "bf16", 16), ("torch-cuda-fused", "bf16", 16)]
+    # each GPU configuration swept its batch sizes (timing only) before the reported row
+    assert asked.count(("torch-cuda-fused", "bf16", 8)) == 1 and asked.count(("torch-cuda-fused", "bf16", 16)) == 2
+    assert all(r["fraction_of_fp32_peak"] is None for r in result["rows"] if r["backend"].startswith("torch-cuda"))
+    s = result["summary"]["64x64 n=100"]
+    assert s["fastest"] == "onnxruntime:fp32" and s["fastest_gpu"] == "torch-cuda-fused:bf16"
+    assert s["gpu_speedup_vs_torch_cuda_eager_fp32"] == 8.0 and s["gpu_speedup_vs_torch_cuda_eager_bf16"] == 4.0
+    assert s["torch_cuda_fused_speedup_vs_eager"] == {"fp32": 4.0, "bf16": 4.0}
+    assert "speedup_vs_torch_eager" in s  # the CPU comparison stays CPU against CPU
+    assert result["torch_cuda"] == {"rows": True, "skipped_because": None}
+    table = bench.to_markdown(result)
+    assert "GPU (torch-cuda rows): stand-in GPU." in table
+    assert "GPU: torch-cuda-fused:bf16 0.100 s, 8.0x torch-cuda eager fp32, 4.0x torch-cuda eager bf16" in table
+    assert "| torch-cuda-fused | bf16 | 64x64 |" in table
+
+
+def test_bench_gpu_only_has_no_cpu_rows_and_refuses_without_a_gpu(monkeypatch):
+    from certseg_rt.errors import CertsegError
+
+    bench, asked = _fake_bench(monkeypatch)
+    result = bench.run(sizes=(64,), ns=(100,), batch_sizes=(16,), precisions=("fp32",), torch_cuda_precisions=("fp16",),
+                       cpu_rows=False, log=lambda m: None)
+    assert {b for b, _, _ in asked} == {"torch-cuda-eager", "torch-cuda-fused"}
+    s = result["summary"]["64x64 n=100"]
+    assert "fastest" not in s and s["fastest_gpu"] == "torch-cuda-fused:fp16"
+    assert s["torch_cuda_fused_speedup_vs_eager"] == {"fp16": 4.0} and "gpu_speedup_vs_torch_cuda_eager_fp32" not in s
+    assert "- 64x64 n=100: GPU: torch-cuda-fused:fp16 0.100 s; fused over eager: fp16 4.0x" in bench.to_markdown(result)
+    bench, _ = _fake_bench(monkeypatch, torch_cuda_reason="no CUDA device here")
+    with pytest.raises(CertsegError, match="--gpu-only, but this machine has no GPU rows.*no CUDA device here"):
+        bench.run(sizes=(64,), torch_cuda_precisions=("fp16",), cpu_rows=False, log=lambda m: None)
+    result = bench.run(sizes=(64,), ns=(100,), batch_sizes=(16,), precisions=("fp32",), reference=False,
+                       torch_cuda_precisions=("fp16",), log=lambda m: None)
+    assert not any(r["backend"].startswith("torch-cuda") for r in result["rows"])
+    assert "- no torch-cuda rows: no CUDA device here" in bench.to_markdown(result)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
+def test_bench_here_says_there_is_no_cuda_device():
+    from certseg_rt.bench import torch_cuda_unavailable
+
+    assert "no CUDA device" in torch_cuda_unavailable()
+
+
+def test_bench_row_opens_torch_cuda_through_the_model_registry(monkeypatch, chest_dir):
+    """bench.run_row as its subprocess runs it, with CudaDevice stood in for (no GPU here), on a tiny image."""
+    from certseg_rt import bench
+
+    monkeypatch.setattr(torch_cuda, "CudaDevice", lambda kernels=True: HostStandIn())
+    row = bench.run_row({"backend": "torch-cuda-fused", "precision": "fp32", "image_size": 16, "n0": 2, "n": 6,
+                         "repeats": 1, "batch_size": 4, "model": str(chest_dir), "modality": "chest",
+                         "gflop_per_sample": 1.0, "dice": False})
+    assert row["backend"] == "torch-cuda-fused" and row["device"] == "stand-in (no GPU)" and row["cuda_graph"] == "on"
+    assert row["n0"] + row["n"] == 8 and row["seconds_median"] > 0

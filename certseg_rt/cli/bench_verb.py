@@ -22,16 +22,21 @@ from .group import main
 @click.option("--tensorrt-precisions", default="fp32,fp16,bf16", show_default=True,
               help="TensorRT engine precisions, rows only where TensorRT and a GPU are present ('none' to skip); "
                    "--quick takes fp16 only")
+@click.option("--torch-cuda-precisions", default="fp32,fp16,bf16", show_default=True,
+              help="torch-cuda precisions, eager and fused rows each, only where torch sees a CUDA device ('none' "
+                   "to skip)")
+@click.option("--gpu-only", is_flag=True, help="GPU rows only (torch-cuda, tensorrt): no reference loop, CPU torch "
+                                               "or ONNX Runtime rows")
 @click.option("--repeats", type=int, default=3, show_default=True, help="timed repeats per row (median reported)")
 @click.option("--quick", is_flag=True, help="n=100 only, batch 16 only, 2 repeats (under 5 minutes here)")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="write bench.json and bench.md here")
 @click.option("--model", default="chest", show_default=True, help="bundled model name or model directory")
 @click.option("--json", "as_json", is_flag=True, help="print {machine, rows, summary} as JSON")
 @user_errors
-def bench(engine, sizes, batch_sizes, precisions, torch_precisions, tensorrt_precisions, repeats, quick, out, model,
-          as_json):
+def bench(engine, sizes, batch_sizes, precisions, torch_precisions, tensorrt_precisions, torch_cuda_precisions,
+          gpu_only, repeats, quick, out, model, as_json):
     """Time certify on the bundled model: the published loop, torch eager, ONNX Runtime fp32/int8, and
-    TensorRT engines when a GPU is present.
+    torch-cuda (eager and fused) and TensorRT engines when a GPU is present.
 
     Without --quick also n=1000.  Each row runs in its own process (peak RSS is the row's).
 
@@ -39,6 +44,7 @@ def bench(engine, sizes, batch_sizes, precisions, torch_precisions, tensorrt_pre
     Example:
       certseg-rt bench --quick
       certseg-rt bench --json --out certseg-out/bench
+      certseg-rt bench --quick --gpu-only          # on a GPU machine: torch-cuda (and TensorRT) rows
     """
     from ..bench import run, to_markdown
     from ..io import atomic_path, write_json
@@ -57,11 +63,15 @@ def bench(engine, sizes, batch_sizes, precisions, torch_precisions, tensorrt_pre
         raise CertsegError(f"--tensorrt-precisions {tensorrt_precisions}: choose from fp32, fp16, bf16 (or none)")
     if quick and trt_list:
         trt_list = ("fp16",)
+    cuda_list = () if torch_cuda_precisions == "none" else tuple(torch_cuda_precisions.split(","))
+    if not set(cuda_list) <= {"fp32", "fp16", "bf16"}:
+        raise CertsegError(f"--torch-cuda-precisions {torch_cuda_precisions}: choose from fp32, fp16, bf16 (or none)")
     ns = (100,) if quick else (100, 1000)
     if quick:
         batch_list, repeats = (16,), min(repeats, 2)
     result = run(sizes=size_list, ns=ns, batch_sizes=batch_list, precisions=precision_list, repeats=repeats,
-                 torch_precisions=torch_list, tensorrt_precisions=trt_list,
+                 torch_precisions=torch_list, tensorrt_precisions=trt_list, torch_cuda_precisions=cuda_list,
+                 cpu_rows=not gpu_only,
                  engine_dir=engine, model=model_dir(model), log=lambda m: click.echo(m, err=True))
     table = to_markdown(result)
     if out is not None:
