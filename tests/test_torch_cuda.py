@@ -79,9 +79,9 @@ class HostStandIn:
         try:
             for _ in range(torch_cuda.WARMUP_STEPS):  # like the real warm-up, these add votes too
                 step()
+            return StandInGraph(step, self), step()  # (graph, its static output), as CudaDevice.capture returns
         finally:
             self.in_graph = False
-        return StandInGraph(step, self)
 
     def synchronize(self):
         pass

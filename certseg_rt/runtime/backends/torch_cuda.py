@@ -80,7 +80,7 @@ class CudaDevice:
                                              stream=self.stream())
 
     def capture(self, step: Callable[[], object]):
-        """Warm `step` up on a side stream, then capture it once; returns the graph (``.replay()``)."""
+        """Warm `step` up on a side stream, then capture it once; returns (graph, the step's static output)."""
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
@@ -89,8 +89,8 @@ class CudaDevice:
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            graph.output = step()  # keep the static output alive as long as the graph
-        return graph
+            output = step()
+        return graph, output
 
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.device)
@@ -152,7 +152,7 @@ class TorchCudaBackend(GraphBackend):
         self.model = model.eval().to(self.gpu.device)
         self.captures = 0  # graphs captured (one per image shape in use), for the record and the tests
         self._shape: tuple[int, int, int] | None = None  # the (C, H, W) the buffers and graph are for
-        self._graph = None
+        self._graph = self._graph_output = None
         self.record = {"backend": f"{self.name}:{form}", "form": form, "precision": precision,
                        **self.gpu.properties(), "torch": torch.__version__, "tf32": False,
                        "cuda_graph": "on" if self.cuda_graph else "off"}
@@ -160,9 +160,9 @@ class TorchCudaBackend(GraphBackend):
     # ---- the model under the backend's precision ---------------------------------------------------------------
     def _run_model(self, noisy: torch.Tensor) -> torch.Tensor:
         dtype = PRECISIONS[self.precision]
-        with torch.inference_mode(), _ieee_fp32(), \
-                torch.autocast(self.gpu.type, dtype=dtype or torch.float32, enabled=dtype is not None,
-                               cache_enabled=False):
+        autocast = contextlib.nullcontext() if dtype is None else \
+            torch.autocast(self.gpu.type, dtype=dtype, cache_enabled=False)
+        with torch.inference_mode(), _ieee_fp32(), autocast:
             return self.model(noisy)
 
     # ---- eager: the host loop ---------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ class TorchCudaBackend(GraphBackend):
     # ---- fused: the device loop -------------------------------------------------------------------------------
     def _allocate(self, shape: tuple[int, int, int]) -> None:
         """Device buffers for images of `shape`, and the graph of a full batch (captured here, once)."""
-        self._graph = None  # frees the previous shape's graph and its memory pool
+        self._graph = self._graph_output = None  # frees the previous shape's graph and its memory pool
         dev = self.gpu.device
         self._x = torch.zeros(shape, dtype=torch.float32, device=dev)
         self._noisy = torch.zeros((self.batch_size, *shape), dtype=torch.float32, device=dev)
@@ -183,7 +183,8 @@ class TorchCudaBackend(GraphBackend):
         self._shape = shape
         if self.cuda_graph:
             try:
-                self._graph = self.gpu.capture(functools.partial(self._step, self._noisy))
+                # the static output (labels) is kept as long as the graph that writes it
+                self._graph, self._graph_output = self.gpu.capture(functools.partial(self._step, self._noisy))
                 self.captures += 1
                 self.record["cuda_graph"] = "on"
             except (RuntimeError, CertsegError) as e:  # a model torch cannot capture: run it uncaptured, say so
@@ -222,7 +223,7 @@ class TorchCudaBackend(GraphBackend):
         return counts
 
     def close(self) -> None:
-        self._graph = None
+        self._graph = self._graph_output = None
         self._shape = None
         for name in ("_x", "_noisy", "_counts", "_bad"):
             self.__dict__.pop(name, None)
