@@ -152,8 +152,9 @@ def test_project_tensorrt_code_matches_the_real_bindings(bindings):
     result = _check(bindings, TENSORRT_CODE)
     assert result["version"] == BINDINGS[bindings["major"]][1]
     assert result["problems"] == [], "\n".join(result["problems"])
-    assert result["untyped"] == [], ("TensorRT members read on objects of unknown class (name their class in "
-                                     "tests/tensorrt_api.py RECEIVERS, or NOT_TENSORRT): " + ", ".join(result["untyped"]))
+    assert result["untyped"] == [], ("TensorRT members read on objects of unknown class (name the class in "
+                                     "tests/tensorrt_api.py RECEIVERS, or NOT_TENSORRT): " + ", ".join(
+                                         result["untyped"]))
     assert result["unused_receivers"] == [], "stale entries in tests/tensorrt_api.py: " + ", ".join(
         result["unused_receivers"])
     assert result["optional_missing"] == []  # every hasattr/getattr-guarded use exists in both, as of these versions

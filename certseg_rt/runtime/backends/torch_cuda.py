@@ -146,7 +146,7 @@ class TorchCudaBackend(GraphBackend):
         if precision == "bf16" and self.gpu.type == "cuda" and not torch.cuda.is_bf16_supported():
             props = self.gpu.properties()
             raise CertsegError(f"bf16 needs a GPU of compute capability >= 8.0 and {props['device']} has "
-                               f"{props['compute_capability']}; use --precision fp16 or fp32")
+                               f"{props['compute_capability']}; use precision fp16 or fp32")
         self.precision, self.form = precision, form
         self.cuda_graph = bool(cuda_graph) and form == "fused"
         self.model = model.eval().to(self.gpu.device)
