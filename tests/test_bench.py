@@ -67,9 +67,17 @@ def test_rows_come_from_the_registries():
     assert [p for b, p in quick if b == "tensorrt"] == ["fp16"]
     assert engine_rows(["openvino:int8"], quick=True) == [("openvino", "int8")]
     pytest.importorskip("torch")
-    assert set(reference_rows(None)) == {("torch-eager", p, layout) for p in ("fp32", "bf16")
-                                         for layout in ("nchw", "channels_last")}
-    assert reference_rows(["torch-eager:bf16"]) == [("torch-eager", "bf16", "nchw")]
+    skipped = {}
+    cpu_rows = {("torch-eager", p, layout) for p in ("fp32", "bf16") for layout in ("nchw", "channels_last")}
+    got = set(reference_rows(None, skipped))
+    import torch
+
+    if torch.cuda.is_available():
+        assert cpu_rows < got
+    else:  # the GPU reference runners are listed with the reason, not run
+        assert got == cpu_rows and set(skipped) == {"torch-cuda-eager", "torch-cuda-fused"}
+        assert all("no CUDA device" in why for why in skipped.values())
+    assert reference_rows(["torch-eager:bf16"], {}) == [("torch-eager", "bf16", "nchw")]
     assert row_name({"kind": "reference", "backend": "torch-eager", "precision": "bf16", "layout": "nchw"}) == \
         "torch-eager:bf16:nchw"
 

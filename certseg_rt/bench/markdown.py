@@ -15,6 +15,9 @@ def to_markdown(result: dict) -> str:
     header = ("| backend | precision | layout | image | n0 + n | batch | seconds (median) | samples/s | peak RSS MB | "
               "certified Dice | GFLOP/s | of peak (which) |")
     lines = [machine_line(result), "", header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    devices = sorted({r["device"] for r in result["rows"] if r.get("device")})
+    if devices:
+        lines[1:1] = ["", f"GPU (torch-cuda rows): {', '.join(devices)}."]
     for r in result["rows"]:
         dice = "-" if r["certified_dice"] is None else f"{r['certified_dice']:.3f}"
         frac = "-" if r.get("fraction_of_peak") is None else f"{r['fraction_of_peak']:.1%} ({r['peak']})"
@@ -24,6 +27,9 @@ def to_markdown(result: dict) -> str:
                      f"| {frac} |")
     lines.append("")
     for k, v in result["summary"].items():
+        if "fastest" not in v:  # GPU rows only
+            lines.append(f"- {k}: {gpu_summary(v)}")
+            continue
         parts = [f"- {k}: fastest CPU path {v['fastest']} {v['seconds']:.3f} s"]
         if v.get("fraction_of_peak") is not None:
             parts.append(f" ({v['fraction_of_peak']:.1%} of the {v['peak']} peak)")
@@ -40,7 +46,7 @@ def to_markdown(result: dict) -> str:
         if "speedup_vs_reference_loop" in v:
             parts.append(f", {v['speedup_vs_reference_loop']}x the reference loop")
         if "fastest_gpu" in v:
-            parts.append(f"; GPU: {v['fastest_gpu']} {v['gpu_seconds']:.3f} s")
+            parts.append(f"; {gpu_summary(v)}")
         lines.append("".join(parts))
     by_reason = {}
     for name, why in result.get("skipped", {}).items():
@@ -48,3 +54,13 @@ def to_markdown(result: dict) -> str:
     for why, names in by_reason.items():
         lines.append(f"- no {', '.join(names)} rows: {why}")
     return "\n".join(lines) + "\n"
+
+
+def gpu_summary(v: dict) -> str:
+    text = f"GPU: {v['fastest_gpu']} {v['gpu_seconds']:.3f} s"
+    for p in ("fp32", "bf16"):
+        if f"gpu_speedup_vs_torch_cuda_eager_{p}" in v:
+            text += f", {v[f'gpu_speedup_vs_torch_cuda_eager_{p}']}x torch-cuda eager {p}"
+    if "torch_cuda_fused_speedup_vs_eager" in v:
+        text += "; fused over eager: " + ", ".join(f"{p} {x}x" for p, x in v["torch_cuda_fused_speedup_vs_eager"].items())
+    return text

@@ -152,4 +152,5 @@ def run_row(spec: dict) -> dict:
             "seconds_median": round(med, 4), "seconds": [round(t, 4) for t in times],
             "samples_per_second": round((n0 + n) / med, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
             "certified_dice": round(float(np.mean(dice)), 4) if dice else None,
-            "gflops_per_second": round(flops / med, 1)}
+            "gflops_per_second": round(flops / med, 1),
+            **{k: v for k, v in getattr(backend, "record", {}).items() if k in ("device", "cuda_graph")}}

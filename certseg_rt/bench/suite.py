@@ -46,14 +46,26 @@ def engine_rows(requested: list[str] | None, quick: bool) -> list[tuple[str, str
     return rows
 
 
-def reference_rows(requested: list[str] | None) -> list[tuple[str, str, str]]:
+def reference_rows(requested: list[str] | None, skipped: dict[str, str]) -> list[tuple[str, str, str]]:
     """(runner, precision, layout) for each reference row: the requested 'runner:precision:layout' items, or
-    every reference runner that can run here with each of its precisions and layouts."""
-    from ..runtime.backends import REFERENCES, reference
+    every reference runner with each of its precisions and layouts; those that cannot run here go to
+    `skipped` (name -> why) instead."""
+    from ..runtime.backends import REFERENCES, reference, reference_unavailable
 
     if requested is None:
-        return [(r, p, layout) for r in REFERENCES if reference(r).unavailable() is None
-                for p in reference(r).PRECISIONS for layout in reference(r).LAYOUTS]
+        rows = [(r, p, layout) for r in REFERENCES for p in reference(r).PRECISIONS for layout in reference(r).LAYOUTS]
+    else:
+        rows = _requested_references(requested)
+    why = {r: reference_unavailable(r) for r in {r for r, _, _ in rows}}
+    for r, reason in why.items():
+        if reason is not None:
+            skipped[r] = reason
+    return [row for row in rows if why[row[0]] is None]
+
+
+def _requested_references(requested: list[str]) -> list[tuple[str, str, str]]:
+    from ..runtime.backends import REFERENCES, reference
+
     rows = []
     for item in requested:
         name, _, rest = item.partition(":")
@@ -111,14 +123,28 @@ def row_in_subprocess(spec: dict) -> dict:
 def run(*, sizes=(128, 256), ns=(100,), batch_sizes=(8, 16, 32), engines: list[str] | None = None,
         references: list[str] | None = None, repeats: int = 3, n0: int = 10, reference_loop: bool = True,
         engine_dir: Path | None = None, model: str = "chest", quick: bool = False, max_memory: int | None = None,
-        log=print) -> dict:
-    """All rows.  The batch size is swept at the smallest n; larger n reuse the best one found there."""
+        gpu_only: bool = False, log=print) -> dict:
+    """All rows.  The batch size is swept at the smallest n; larger n reuse the best one found there.
+    gpu_only: the rows of GPU runners only (no reference loop, no CPU engines or torch rows)."""
+    from ..runtime.backends import REFERENCES, RUNNERS
     from . import rows as row_kinds
+
+    def on_gpu(name):
+        entry = RUNNERS.get(name) or REFERENCES.get(name)
+        return bool(entry and entry.gpu)
 
     check_arguments(sizes=sizes, batch_sizes=batch_sizes, repeats=repeats, engine_dir=engine_dir)
     wanted = engine_rows(engines, quick)
-    torch_rows = reference_rows(references)
+    if gpu_only:
+        wanted = [(b, p) for b, p in wanted if RUNNERS[b].gpu]
+        reference_loop = False
     buildable, skipped = unavailable_engines(wanted)
+    torch_rows = [r for r in reference_rows(references, skipped) if REFERENCES[r[0]].gpu or not gpu_only]
+    if gpu_only:
+        skipped = {k: v for k, v in skipped.items() if on_gpu(k.split(":")[0])}
+        if not buildable and not torch_rows:
+            raise CertsegError("--gpu-only, but this machine has no GPU rows to run (" +
+                               "; ".join(f"{k}: {v}" for k, v in skipped.items()) + "); run without --gpu-only")
     for name, why in skipped.items():
         log(f"no {name} rows: {why}")
     from ..export.build import build_engine
@@ -206,8 +232,10 @@ def summarize(rows) -> dict:
             torch_best = fastest([r for r in sel if r.get("kind") == "reference" and not on_gpu(r)])
             torch_fp32 = next((r for r in sel if row_name(r) == "torch-eager:fp32:nchw"), None)
             loop = next((r for r in sel if r.get("kind") == "reference-loop"), None)
-            gpu = fastest([r for r in sel if r.get("kind") == "engine" and on_gpu(r)])
+            gpu = summarize_gpu([r for r in sel if on_gpu(r)])
             if engine is None:
+                if gpu:  # GPU rows only (bench --gpu-only)
+                    out[f"{size}x{size} n={n}"] = gpu
                 continue
             entry = {"fastest": row_name(engine), "seconds": engine["seconds_median"],
                      "peak": engine.get("peak"), "fraction_of_peak": engine.get("fraction_of_peak")}
@@ -226,8 +254,24 @@ def summarize(rows) -> dict:
                                  and abs(entry["dice_points_vs_torch_fp32"]) <= GOAL_DICE_POINTS}
             if loop is not None:
                 entry["speedup_vs_reference_loop"] = round(loop["seconds_median"] / engine["seconds_median"], 1)
-            if gpu is not None:
-                entry["fastest_gpu"] = row_name(gpu)
-                entry["gpu_seconds"] = gpu["seconds_median"]
+            entry.update(gpu)
             out[f"{size}x{size} n={n}"] = entry
     return out
+
+
+def summarize_gpu(rows: list[dict]) -> dict:
+    """The fastest GPU row against the PyTorch GPU baseline (torch-cuda eager, fp32 and bf16) where it ran, and
+    the fused torch-cuda loop over eager per precision.  GPU rows are never compared with CPU rows."""
+    if not rows:
+        return {}
+    best = min(rows, key=lambda r: r["seconds_median"])
+    entry = {"fastest_gpu": row_name(best), "gpu_seconds": best["seconds_median"]}
+    eager = {r["precision"]: r for r in rows if r["backend"] == "torch-cuda-eager"}
+    for p in ("fp32", "bf16"):
+        if p in eager:
+            entry[f"gpu_speedup_vs_torch_cuda_eager_{p}"] = round(eager[p]["seconds_median"] / best["seconds_median"], 2)
+    fused = {r["precision"]: round(eager[r["precision"]]["seconds_median"] / r["seconds_median"], 2)
+             for r in rows if r["backend"] == "torch-cuda-fused" and r["precision"] in eager}
+    if fused:
+        entry["torch_cuda_fused_speedup_vs_eager"] = fused
+    return entry

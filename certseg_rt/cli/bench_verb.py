@@ -34,6 +34,8 @@ def _items(value: str | None, option: str) -> list[str] | None:
 @click.option("--references", default="all", show_default=True,
               help="reference (PyTorch) rows, RUNNER:PRECISION:LAYOUT,... (e.g. torch-eager:bf16:channels_last); "
                    "'all': fp32 and bf16, each in nchw and channels_last")
+@click.option("--gpu-only", is_flag=True, help="GPU rows only (torch-cuda eager and fused, tensorrt): no reference "
+                                               "loop, CPU engines or CPU torch rows")
 @click.option("--repeats", type=int, default=3, show_default=True, help="timed repeats per row (median reported)")
 @click.option("--quick", is_flag=True, help="n=100 only, batch 16 only, 2 repeats")
 @click.option("--no-reference-loop", is_flag=True, help="skip the published per-pixel loop's rows")
@@ -44,10 +46,11 @@ def _items(value: str | None, option: str) -> list[str] | None:
 @click.option("--model", default="chest", show_default=True, help="bundled model name or model directory")
 @click.option("--json", "as_json", is_flag=True, help="print {machine, rows, summary, skipped} as JSON")
 @user_errors
-def bench(engine, sizes, batch_sizes, engines, references, repeats, quick, no_reference_loop, max_memory, out, model,
-          as_json):
+def bench(engine, sizes, batch_sizes, engines, references, gpu_only, repeats, quick, no_reference_loop, max_memory, out,
+          model, as_json):
     """Time certify on the bundled model: the published loop, torch eager (fp32/bf16 x NCHW/channels_last),
-    and every engine backend (ONNX Runtime, OpenVINO; TensorRT when a GPU is present).
+    and every engine backend (ONNX Runtime, OpenVINO); on a GPU machine also torch-cuda (eager and fused,
+    fp32/fp16/bf16) and TensorRT.
 
     Without --quick also n=1000 and a batch-size sweep.  Each row runs in its own process (peak RSS is the
     row's).  The summary compares the fastest CPU engine with the fastest torch row.
@@ -57,6 +60,7 @@ def bench(engine, sizes, batch_sizes, engines, references, repeats, quick, no_re
       certseg-rt bench --quick
       certseg-rt bench --quick --engines openvino:bf16,openvino:int8 --references torch-eager:bf16:channels_last
       certseg-rt bench --json --out certseg-out/bench
+      certseg-rt bench --quick --gpu-only          # on a GPU machine: torch-cuda (and TensorRT) rows
     """
     from ..bench import run, to_markdown
     from ..io import atomic_path, write_json
@@ -72,7 +76,7 @@ def bench(engine, sizes, batch_sizes, engines, references, repeats, quick, no_re
     result = run(sizes=size_list, ns=ns, batch_sizes=batch_list, engines=_items(engines, "--engines"),
                  references=_items(references, "--references"), repeats=repeats, reference_loop=not no_reference_loop,
                  engine_dir=engine, model=model_dir(model), quick=quick, max_memory=memory_budget(max_memory),
-                 log=lambda m: click.echo(m, err=True))
+                 gpu_only=gpu_only, log=lambda m: click.echo(m, err=True))
     table = to_markdown(result)
     if out is not None:
         write_json(Path(out) / "bench.json", result)

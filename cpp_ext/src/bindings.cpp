@@ -2,14 +2,18 @@
 //
 // Arrays arrive zero-copy through DLPack / the buffer protocol and are never converted: a wrong
 // dtype raises TypeError, a wrong shape or a non-contiguous array ValueError, a read-only output
-// TypeError.  The GIL is released while the loops run.
+// TypeError.  The GIL is released while the loops run.  The CUDA kernels take either raw device
+// pointers (cuda_*) or DLPack arrays on a CUDA device (cuda_*_array: a torch CUDA tensor's capsule,
+// CuPy), checked like the host arrays before anything is launched.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 
 #include <cstdint>
 #include <new>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -23,6 +27,8 @@ namespace {
 
 using InArray = nb::ndarray<nb::ro, nb::device::cpu>;  // any dtype, read-only access is enough
 using OutArray = nb::ndarray<nb::device::cpu>;         // any dtype, must be writable
+using CudaInArray = nb::ndarray<nb::ro, nb::device::cuda>;
+using CudaOutArray = nb::ndarray<nb::device::cuda>;
 
 std::string dtype_name(nb::dlpack::dtype dt) {
   std::string kind;
@@ -127,12 +133,12 @@ nb::tuple philox4x32(InArray counter, InArray key) {
   return nb::make_tuple(out[0], out[1], out[2], out[3]);
 }
 
-void fill_noisy(InArray x, double sigma, uint64_t seed, uint64_t first_sample, OutArray out, double scale,
-                double shift) {
+// x float32 (any shape, E elements) and out float32 (B, E) or (B, *x.shape), both C-contiguous.
+template <class In, class Out>
+void check_noisy_arrays(const In& x, const Out& out) {
   require(x, "x", nb::dtype<float>(), 1);
   require(out, "out", nb::dtype<float>(), 1);
   const size_t elements = x.size();
-  const size_t batch = out.shape(0);
   bool ok = extent_from(out, 1) == elements;
   if (ok && !(out.ndim() == 2 && out.shape(1) == elements)) {  // else out.shape[1:] must equal x.shape
     ok = out.ndim() == x.ndim() + 1;
@@ -142,6 +148,24 @@ void fill_noisy(InArray x, double sigma, uint64_t seed, uint64_t first_sample, O
     throw nb::value_error(("out must have shape (B, " + std::to_string(elements) + ") or (B, *x.shape) for x of shape " +
                            shape_str(x) + ", got " + shape_str(out)).c_str());
   }
+}
+
+// labels uint8 (B, *S) and counts int32 (C, *S), both C-contiguous.
+template <class In, class Out>
+void check_vote_arrays(const In& labels, const Out& counts) {
+  require(labels, "labels", nb::dtype<uint8_t>(), 2);
+  require(counts, "counts", nb::dtype<int32_t>(), 2);
+  if (!same_trailing_shape(labels, counts)) {
+    throw nb::value_error(("labels (B, *S) and counts (C, *S) must agree after the first axis, got labels " +
+                           shape_str(labels) + " and counts " + shape_str(counts)).c_str());
+  }
+}
+
+void fill_noisy(InArray x, double sigma, uint64_t seed, uint64_t first_sample, OutArray out, double scale,
+                double shift) {
+  check_noisy_arrays(x, out);
+  const size_t elements = x.size();
+  const size_t batch = out.shape(0);
   int rc;
   {
     nb::gil_scoped_release release;
@@ -165,12 +189,7 @@ void gaussian_noise(uint64_t seed, uint64_t first_sample, OutArray out) {
 }
 
 void accumulate_votes(InArray labels, OutArray counts) {
-  require(labels, "labels", nb::dtype<uint8_t>(), 2);
-  require(counts, "counts", nb::dtype<int32_t>(), 2);
-  if (!same_trailing_shape(labels, counts)) {
-    throw nb::value_error(("labels (B, *S) and counts (C, *S) must agree after the first axis, got labels " +
-                           shape_str(labels) + " and counts " + shape_str(counts)).c_str());
-  }
+  check_vote_arrays(labels, counts);
   const size_t batch = labels.shape(0);
   const size_t pixels = extent_from(labels, 1);
   const size_t num_classes = counts.shape(0);
@@ -262,6 +281,42 @@ void cuda_accumulate_votes(uintptr_t labels_ptr, size_t batch, size_t pixels, ui
   cuda_check(rc);
 }
 
+// The same kernels on DLPack arrays of a CUDA device: shapes, dtypes and contiguity checked as for host arrays,
+// and every array on one device.  No copy, no synchronisation: launched on `stream` like the pointer forms.
+template <class A, class B>
+void require_same_device(const A& a, const char* a_name, const B& b, const char* b_name) {
+  if (a.device_id() != b.device_id()) {
+    throw nb::value_error((std::string(a_name) + " is on CUDA device " + std::to_string(a.device_id()) + " and " +
+                           b_name + " on CUDA device " + std::to_string(b.device_id()) + "; put both on one device")
+                              .c_str());
+  }
+}
+
+void cuda_fill_noisy_array(CudaInArray x, double sigma, uint64_t seed, uint64_t first_sample, CudaOutArray out,
+                           double scale, double shift, uintptr_t stream) {
+  check_noisy_arrays(x, out);
+  require_same_device(x, "x", out, "out");
+  cuda_fill_noisy(reinterpret_cast<uintptr_t>(x.data()), x.size(), sigma, seed, first_sample, out.shape(0),
+                  reinterpret_cast<uintptr_t>(out.data()), scale, shift, stream);
+}
+
+void cuda_accumulate_votes_array(CudaInArray labels, CudaOutArray counts, std::optional<CudaOutArray> bad_label,
+                                 uintptr_t stream) {
+  check_vote_arrays(labels, counts);
+  require_same_device(labels, "labels", counts, "counts");
+  uintptr_t bad = 0;
+  if (bad_label) {
+    require(*bad_label, "bad_label", nb::dtype<int32_t>(), 1);
+    if (bad_label->size() != 1) {
+      throw nb::value_error(("bad_label must hold one int32, got shape " + shape_str(*bad_label)).c_str());
+    }
+    require_same_device(*bad_label, "bad_label", counts, "counts");
+    bad = reinterpret_cast<uintptr_t>(bad_label->data());
+  }
+  cuda_accumulate_votes(reinterpret_cast<uintptr_t>(labels.data()), labels.shape(0), extent_from(labels, 1),
+                        reinterpret_cast<uintptr_t>(counts.data()), counts.shape(0), bad, stream);
+}
+
 }  // namespace
 
 NB_MODULE(_ext, m) {
@@ -307,4 +362,13 @@ NB_MODULE(_ext, m) {
         "num_classes"_a, "bad_label_ptr"_a = 0, "stream"_a = 0,
         "accumulate_votes on device pointers; bad_label_ptr (int32 on the device, set to -1 by the caller) receives "
         "the largest out-of-range label. Asynchronous on the stream. RuntimeError without CUDA.");
+  m.def("cuda_fill_noisy_array", &cuda_fill_noisy_array, "x"_a.noconvert(), "sigma"_a, "seed"_a, "first_sample"_a,
+        "out"_a.noconvert(), "scale"_a = 1.0, "shift"_a = 0.0, "stream"_a = 0,
+        "fill_noisy on DLPack arrays of a CUDA device (x float32, out float32 (B, E) or (B, *x.shape), C-contiguous, "
+        "one device), e.g. a torch CUDA tensor's __dlpack__(stream=-1) capsule; no copy, asynchronous on the stream. "
+        "A host array raises TypeError; RuntimeError without CUDA.");
+  m.def("cuda_accumulate_votes_array", &cuda_accumulate_votes_array, "labels"_a.noconvert(), "counts"_a.noconvert(),
+        "bad_label"_a.noconvert() = nb::none(), "stream"_a = 0,
+        "accumulate_votes on DLPack arrays of a CUDA device (labels uint8 (B, *S), counts int32 (C, *S), bad_label "
+        "int32 (1,) set to -1 by the caller, or None); asynchronous on the stream. RuntimeError without CUDA.");
 }

@@ -9,8 +9,8 @@ Two kinds, one registry each:
   Hashes and field types are checked before, by ``manifest.load_manifest``.
 * ``REFERENCES``: reference runners, which run a model directory (the user's torch model) instead of an
   engine directory.  Their module defines ``open_model(model_dir, sigma, *, batch_size, denoiser, threads,
-  precision, layout, max_memory)``, ``PRECISIONS``, ``LAYOUTS`` and ``unavailable()`` (None, or one line
-  saying why it cannot run here).
+  precision, layout, max_memory, **options)``, ``PRECISIONS``, ``LAYOUTS`` and ``unavailable(**options)``
+  (None, or one line saying why it cannot run here); ``options`` are the entry's (e.g. torch-cuda's form).
 
 Adding a backend is its module plus one line below.  A module is imported only when an engine of its
 backend (or its reference) is opened, so the runtime starts fast and works without the libraries of
@@ -19,7 +19,7 @@ backends it does not use.  Nothing outside these modules imports a backend's lib
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
@@ -32,6 +32,7 @@ class Runner:
     module: str  # under certseg_rt.runtime.backends
     extra: str  # the pip extra that installs its library
     gpu: bool = False  # needs an NVIDIA GPU (one per Ray worker; bench compares it with GPU rows)
+    options: dict = field(default_factory=dict)  # what open_model / unavailable get besides the common arguments
 
 
 RUNNERS: dict[str, Runner] = {
@@ -42,6 +43,9 @@ RUNNERS: dict[str, Runner] = {
 
 REFERENCES: dict[str, Runner] = {
     "torch-eager": Runner("torch_eager", "export"),
+    # The PyTorch GPU baseline (host noise and votes) and the fused device loop (CUDA noise and votes, a CUDA graph).
+    "torch-cuda-eager": Runner("torch_cuda", "export", gpu=True, options={"form": "eager"}),
+    "torch-cuda-fused": Runner("torch_cuda", "export", gpu=True, options={"form": "fused"}),
 }
 
 
@@ -74,7 +78,13 @@ def open_model(model_dir: Path, sigma: float, *, name: str = "torch-eager", batc
                max_memory: int | None = None):
     """The backend of a reference runner for a model directory."""
     return reference(name).open_model(Path(model_dir), sigma, batch_size=batch_size, denoiser=denoiser,
-                                      threads=threads, precision=precision, layout=layout, max_memory=max_memory)
+                                      threads=threads, precision=precision, layout=layout, max_memory=max_memory,
+                                      **REFERENCES[name].options)
+
+
+def reference_unavailable(name: str) -> str | None:
+    """None when the reference runner can run here, else one line saying why not."""
+    return reference(name).unavailable(**REFERENCES[name].options)
 
 
 def engine_batch_size(manifest: dict, batch_size: int | None, *, max_memory: int | None = None,

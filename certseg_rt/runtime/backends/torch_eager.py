@@ -22,7 +22,7 @@ LAYOUTS = ("nchw", "channels_last")
 MEMORY = MemoryCosts(base_bytes=480 << 20, activation_factor=1.65)
 
 
-def unavailable() -> str | None:
+def unavailable(**options) -> str | None:
     return None  # this module imports torch: if it loaded, it runs (on the CPU)
 
 
