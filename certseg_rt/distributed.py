@@ -123,7 +123,7 @@ class Target:
     max_memory: int | None = None  # memory budget per worker (bytes; None: half of what the worker has)
 
 
-def engine_target(engine: Path, sigma: float | None, batch_size: int, max_memory: int | None = None) -> Target:
+def engine_target(engine: Path, sigma: float | None, batch_size: int | None, max_memory: int | None = None) -> Target:
     """Check an engine directory on the driver (manifest, hashes, sigma, batch size) before any worker starts."""
     from .manifest import load_manifest
     from .runtime.backends import RUNNERS, runner
@@ -137,6 +137,7 @@ def engine_target(engine: Path, sigma: float | None, batch_size: int, max_memory
                            f"denoiser's timestep depends on it); rebuild with `certseg-rt build-engine --sigma "
                            f"{sigma}` or omit --sigma")
     sizes = manifest["batch_sizes"]
+    batch_size = batch_size or sizes["opt"]  # not given: the engine's optimum
     if not RUNNERS[kind].gpu and not sizes.get("fixed") and not sizes["min"] <= batch_size <= sizes["max"]:
         raise CertsegError(f"batch size {batch_size} is outside the engine's range {sizes['min']}..{sizes['max']}")
     from .adapters import image_channels

@@ -11,6 +11,8 @@ from .. import __version__
 from ..certify import DEFAULTS, check_parameters
 from ..errors import CertsegError
 from .common import (
+    REFERENCE_BATCH,
+    check_batch_size,
     certify_with_progress,
     check_writable,
     model_dir,
@@ -109,7 +111,8 @@ def demo(out, count, model, sigma, tau, alpha, n0, n, seed, batch_size, correcti
     if count < 1:
         raise CertsegError(f"invalid count={count}: must be >= 1")
     check_writable(out)
-    backend = open_model(model_dir(model), sigma, batch_size=batch_size)
+    check_batch_size(batch_size)
+    backend = open_model(model_dir(model), sigma, batch_size=batch_size or REFERENCE_BATCH)
     src = backend.source
     segment_clean = backend.segment
     rows = []

@@ -11,6 +11,8 @@ import click
 from ..certify import DEFAULTS
 from ..errors import CertsegError
 
+REFERENCE_BATCH = 16  # the torch reference's batch when --batch-size is not given (an engine runs its optimum)
+
 
 def user_errors(fn):
     """Turn the errors a user can cause into one line and exit 1, never a traceback."""
@@ -45,7 +47,9 @@ def smoothing_options(fn):
         click.option("--n0", type=int, default=DEFAULTS["n0"], show_default=True, help="selection samples"),
         click.option("--n", "n", type=int, default=DEFAULTS["n"], show_default=True, help="estimation samples"),
         click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True, help="noise stream"),
-        click.option("--batch-size", type=int, default=16, show_default=True, help="samples per forward pass"),
+        click.option("--batch-size", type=int, default=None,
+                     help=f"samples per forward pass [default: the engine's optimum (build-engine --batch-sizes), "
+                          f"{REFERENCE_BATCH} for the torch reference]"),
         click.option("--correction", type=click.Choice(["holm", "bonferroni"]), default=DEFAULTS["correction"],
                      show_default=True, help="multiple-testing correction over pixels"),
     ]
@@ -113,11 +117,15 @@ def certify_with_progress(backend, x, *, n0, n, tau, alpha, seed, correction, de
             backend.progress = None
 
 
-def open_backend(model: str, engine: Path | None, sigma: float | None, batch_size: int, denoiser: bool = True,
+def check_batch_size(batch_size: int | None) -> None:
+    if batch_size is not None and batch_size < 1:
+        raise CertsegError(f"invalid batch-size={batch_size}: must be an integer >= 1")
+
+
+def open_backend(model: str, engine: Path | None, sigma: float | None, batch_size: int | None, denoiser: bool = True,
                  threads: int | None = None, max_memory: int | None = None):
     """(backend, classes) for the torch reference (a model) or a built engine directory."""
-    if batch_size < 1:
-        raise CertsegError(f"invalid batch-size={batch_size}: must be an integer >= 1")
+    check_batch_size(batch_size)
     if threads is not None and threads < 1:
         raise CertsegError(f"--threads {threads} must be >= 1 (omit it for the default)")
     if engine is not None:
@@ -128,8 +136,8 @@ def open_backend(model: str, engine: Path | None, sigma: float | None, batch_siz
         return seg.backend, seg.classes
     from ..runtime.backends import open_model
 
-    backend = open_model(model_dir(model), DEFAULTS["sigma"] if sigma is None else sigma, batch_size=batch_size,
-                         denoiser=denoiser, threads=threads, max_memory=max_memory)
+    backend = open_model(model_dir(model), DEFAULTS["sigma"] if sigma is None else sigma,
+                         batch_size=batch_size or REFERENCE_BATCH, denoiser=denoiser, threads=threads, max_memory=max_memory)
     return backend, backend.source.classes
 
 

@@ -10,6 +10,8 @@ import numpy as np
 from ..certify import DEFAULTS, check_parameters
 from ..errors import CertsegError
 from .common import (
+    REFERENCE_BATCH,
+    check_batch_size,
     check_writable,
     memory_budget,
     model_dir,
@@ -105,8 +107,7 @@ def evaluate(dataset_dir, out, model, engine, sigmas, no_denoiser, tau, alpha, n
         check_parameters(sigma=sg, tau=tau, alpha=alpha, n0=n0, n=n, correction=correction, seed=seed)
     if engine is not None and len(sigma_list) > 1:
         raise CertsegError("an engine is built for one sigma; evaluate one engine per sigma")
-    if batch_size < 1:
-        raise CertsegError(f"invalid batch-size={batch_size}: must be an integer >= 1")
+    check_batch_size(batch_size)
     if ray_address is None and (ray_workers is not None or ray_cpus != 1.0):
         raise CertsegError("--ray-workers and --ray-cpus need --ray")
     if ray_address is not None and (ray_cpus <= 0 or (ray_workers is not None and ray_workers < 1)):
@@ -228,5 +229,5 @@ def _ray_target(model, engine, sigma, batch_size, denoiser, max_memory=None):
 
     if engine is not None:
         return engine_target(engine, sigma, batch_size, max_memory)
-    return model_target(model_dir(model), DEFAULTS["sigma"] if sigma is None else sigma, batch_size, denoiser,
-                        max_memory)
+    return model_target(model_dir(model), DEFAULTS["sigma"] if sigma is None else sigma, batch_size or REFERENCE_BATCH,
+                        denoiser, max_memory)

@@ -193,6 +193,7 @@ Json Engine::certify(const float* image, std::size_t channels, std::size_t heigh
   cert["resized"] = false;
   cert["resize"] = nullptr;
   cert["resize_operator_norm"] = 1.0;
+  cert["operator_norm"] = m.replicate ? m.adapter_norm : 1.0;  // ||A||_2 of image -> noise space (no resize here)
   // The labels hold in the noise space; a replicating adapter A maps the image's perturbations there with
   // ||A d|| = ||A||_2 ||d||, so in the image they hold within radius / ||A||_2.
   cert["radius_at_input_resolution"] = m.replicate ? radius / m.adapter_norm : radius;
