@@ -56,7 +56,7 @@ def reference_rows(requested: list[str] | None, skipped: dict[str, str]) -> list
         rows = [(r, p, layout) for r in REFERENCES for p in reference(r).PRECISIONS for layout in reference(r).LAYOUTS]
     else:
         rows = _requested_references(requested)
-    why = {r: reference_unavailable(r) for r in {r for r, _, _ in rows}}
+    why = {r: reference_unavailable(r) for r in dict.fromkeys(r for r, _, _ in rows)}  # in row order
     for r, reason in why.items():
         if reason is not None:
             skipped[r] = reason
