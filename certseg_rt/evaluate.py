@@ -19,13 +19,12 @@ rebuilt from the records at the end.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .certify import ABSTAIN, certify
+from .certify import certify
 from .errors import CertsegError, InputError
 from .io import atomic_path, read_image, write_json
 from .medical_io import MEDICAL_SUFFIXES, is_medical, read_label_volume

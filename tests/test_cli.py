@@ -112,3 +112,21 @@ def test_demo_writes_overlays(tmp_path):
     img = np.asarray(Image.open(tmp_path / "demo" / "phantom_000.png"))
     assert img.shape == (128, 3 * 128, 3)
     assert "clean Dice" in r.stdout
+
+
+def test_a_bug_is_still_one_line_and_debug_shows_the_traceback(png, tmp_path, monkeypatch):
+    """An exception the toolkit did not anticipate (here: the image reader fails with a RuntimeError) reaches the
+    user as one line naming it, exit 1; CERTSEG_DEBUG=1 lets the traceback through for a bug report."""
+    import certseg_rt.io as io
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("stand-in for a bug\nsecond line")
+
+    monkeypatch.setattr(io, "read_image", broken)
+    r = CliRunner().invoke(main, ["certify", str(png), "--n", "10"])
+    assert r.exit_code == 1 and r.output.strip().splitlines() == [
+        "Error: internal error (RuntimeError: stand-in for a bug); this is a bug in certseg-rt: please report the "
+        "command (CERTSEG_DEBUG=1 shows the traceback)"]
+    monkeypatch.setenv("CERTSEG_DEBUG", "1")
+    r = CliRunner().invoke(main, ["certify", str(png), "--n", "10"])
+    assert isinstance(r.exception, RuntimeError)

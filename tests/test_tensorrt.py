@@ -451,7 +451,7 @@ def test_gpu_device_counts_equal_cpu_noise_and_votes(trt_engine_dir, graphs, pha
 def test_gpu_onnxruntime_cuda_on_device_memory(graphs, phantom):
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("GPU test: onnxruntime here has no CUDAExecutionProvider")
-    from certseg_rt.runtime.backends.tensorrt import OnnxRuntimeDeviceBackend
+    from certseg_rt.runtime.backends.onnxruntime_device import OnnxRuntimeDeviceBackend
 
     backend = OnnxRuntimeDeviceBackend(graphs.fused, provider="cuda", sigma=SIGMA, num_classes=4, channels=1,
                                        height=128, width=128, batch_size=8)

@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TENSORRT_CODE = [ROOT / "certseg_rt/export/builders/tensorrt.py", ROOT / "certseg_rt/runtime/backends/tensorrt.py"]
+TENSORRT_CODE = [ROOT / f"certseg_rt/{name}.py" for name in (
+    "export/builders/tensorrt", "runtime/backends/tensorrt", "runtime/backends/cuda_device")]
 BINDINGS = {"10": ("tensorrt-cu12-bindings", "10.16.1.11"), "11": ("tensorrt-cu13-bindings", "11.4.0.106")}
 CACHE = Path(os.environ.get("CERTSEG_TRT_WHEELS") or Path.home() / ".cache" / "certseg-rt" / "tensorrt-bindings")
 TOOLS = {"cc": os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc"),

@@ -32,7 +32,7 @@ def gflop_per_sample(model_dir: Path, size: int) -> float:
 
     src = load_model_dir(model_dir)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        src.denoise_segment(SIGMA, output="logits")(torch.rand(1, src.channels, size, size))
+        src.denoise_segment(SIGMA, output="logits")(torch.rand(1, src.noise_channels, size, size))
     return counter.get_total_flops() / 1e9
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +28,14 @@ def user_errors(fn):
                                        f"pip install 'certseg-rt[{EXTRA_OF.get(e.name, 'all')}]'")
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; nothing was written")
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):  # already what a user sees
+            raise
+        except Exception as e:  # noqa: BLE001 - a bug, still one line (CERTSEG_DEBUG=1 shows the traceback)
+            if os.environ.get("CERTSEG_DEBUG"):
+                raise
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise click.ClickException(f"internal error ({type(e).__name__}: {first}); this is a bug in certseg-rt: "
+                                       f"please report the command (CERTSEG_DEBUG=1 shows the traceback)")
     return wrapper
 
 

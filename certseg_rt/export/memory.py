@@ -54,7 +54,7 @@ def peak_activation_bytes(module: torch.nn.Module, example: torch.Tensor) -> int
 def memory_profile(source, sigma: float) -> dict:
     """The manifest's field ``memory``: activation bytes of one sample of the fused graph, and its weights."""
     model = source.denoise_segment(sigma)
-    per_sample = peak_activation_bytes(model, torch.rand(1, source.channels, source.height, source.width))
+    per_sample = peak_activation_bytes(model, torch.rand(1, source.noise_channels, source.height, source.width))
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"activation_bytes_per_sample": per_sample, "weights_bytes": int(weights),
             "method": "peak live tensors of one torch fp32 forward pass at batch 1"}

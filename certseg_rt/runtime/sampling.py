@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import kernels
 from .._ext_loader import ext
-from ..errors import InputError
+from ..errors import CertsegError, InputError
 from ..io import check_image_size
 
 # The compiled kernels (cpp_ext/) when this install has them; the numpy reference otherwise.  Both
@@ -45,6 +45,15 @@ def check_input(x: np.ndarray, channels: int, size_multiple: int = 1) -> np.ndar
     if lo < 0.0 or hi > 1.0:  # as io.read_image refuses for files: the model and the noise are defined on [0, 1]
         raise InputError(f"image values lie in [{lo:.3g}, {hi:.3g}]; the model takes [0, 1]: rescale the image")
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def check_engine_size(x, height: int, width: int, build_options: str = "") -> None:
+    """An engine is built for one image size: refuse another in one line (before any noise is drawn)."""
+    x = np.asarray(x)
+    if x.ndim >= 2 and x.shape[-2:] != (height, width):
+        raise CertsegError(f"image is {x.shape[-2]}x{x.shape[-1]} but the engine was built for {height}x{width}; "
+                           f"resize the image or rebuild with `certseg-rt build-engine {build_options}"
+                           f"--image-size {x.shape[-2]}`")
 
 
 class GraphBackend:

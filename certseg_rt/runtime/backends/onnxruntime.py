@@ -10,7 +10,7 @@ import numpy as np
 
 from ...errors import CertsegError
 from ...manifest import REBUILD
-from ..sampling import GraphBackend, MemoryCosts, check_input
+from ..sampling import GraphBackend, MemoryCosts, check_engine_size, check_input
 
 # Measured by benchmarks/memory_budget.py (peak RSS of certify at 512x512, batches 1 and 8: 446 and 2518 MB, 296 MB
 # per sample against 105 MB of torch's live tensors): ONNX Runtime's arena and its NCHWc reorders hold ~2.8x
@@ -79,11 +79,7 @@ class OnnxRuntimeBackend(GraphBackend):
         return self._labels[:x_noisy.shape[0]]
 
     def sample_counts(self, x, num, seed, offset):
-        x = np.asarray(x)
-        if x.ndim >= 2 and x.shape[-2:] != (self.height, self.width):
-            raise CertsegError(f"image is {x.shape[-2]}x{x.shape[-1]} but the engine was built for "
-                               f"{self.height}x{self.width}; resize the image or rebuild with "
-                               f"`certseg-rt build-engine --image-size {x.shape[-2]}`")
+        check_engine_size(x, self.height, self.width)
         return super().sample_counts(x, num, seed, offset)
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import CertsegError
-from ..sampling import GraphBackend, MemoryCosts, check_input
+from ..sampling import GraphBackend, MemoryCosts, check_engine_size, check_input
 
 INFERENCE_PRECISIONS = ("f32", "bf16")  # values of the manifest's openvino.inference_precision
 # Manifest field openvino.batching: how this runner and the native one (cpp_ext/runtime/engine.cpp) batch samples,
@@ -92,8 +92,8 @@ def compile_static(core, model, batch: int, properties: dict):
     compiled = core.compile_model(static, "CPU", properties)
     got = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     if got != properties["INFERENCE_PRECISION_HINT"]:
-        raise CertsegError(f"OpenVINO compiled the engine at precision {got}, not the {properties['INFERENCE_PRECISION_HINT']} "
-                           f"its manifest records (field openvino.inference_precision); {rebuild_hint()}")
+        raise CertsegError(f"OpenVINO compiled the engine at precision {got}, not the "
+                           f"{properties['INFERENCE_PRECISION_HINT']} its manifest records (field openvino.inference_precision); {rebuild_hint()}")
     return compiled
 
 
@@ -157,11 +157,7 @@ class OpenVinoBackend(GraphBackend):
         return self._labels[:b]
 
     def sample_counts(self, x, num, seed, offset):
-        x = np.asarray(x)
-        if x.ndim >= 2 and x.shape[-2:] != (self.height, self.width):
-            raise CertsegError(f"image is {x.shape[-2]}x{x.shape[-1]} but the engine was built for "
-                               f"{self.height}x{self.width}; resize the image or rebuild with "
-                               f"`certseg-rt build-engine --backend openvino --image-size {x.shape[-2]}`")
+        check_engine_size(x, self.height, self.width, "--backend openvino ")
         return super().sample_counts(x, num, seed, offset)
 
 
@@ -188,8 +184,8 @@ def check_engine(manifest: dict, openvino, core) -> dict:
     settings = manifest.get("openvino")
     precision = manifest["precision"]
     if not isinstance(settings, dict) or settings.get("inference_precision") not in INFERENCE_PRECISIONS:
-        raise CertsegError(f"engine field openvino.inference_precision must be one of {', '.join(INFERENCE_PRECISIONS)}; "
-                           f"{rebuild_hint(precision)}")
+        raise CertsegError(f"engine field openvino.inference_precision must be one of "
+                           f"{', '.join(INFERENCE_PRECISIONS)}; {rebuild_hint(precision)}")
     built = manifest["tools"].get("openvino") or settings.get("version")
     here = openvino.get_version()
     if built is None or release(built) != release(here):
@@ -224,9 +220,9 @@ def check_graph_matches(model, manifest: dict, name: str) -> None:
     if len(model.inputs) != 1 or len(model.outputs) != 1 or len(dims) != 4 or \
             dims[1:] != [want["channels"], want["height"], want["width"]] or \
             model.output(0).get_element_type().get_type_name() != "u8":
+        image = [want["channels"], want["height"], want["width"]]
         raise CertsegError(f"engine graph {name} takes {dims} and gives {model.output(0).get_element_type()}, but the "
-                           f"manifest (field input) describes labels (uint8) of a {[want['channels'], want['height'], want['width']]} "
-                           f"image; {REBUILD}")
+                           f"manifest (field input) describes labels (uint8) of a {image} image; {REBUILD}")
     try:
         sigma = float(model.get_rt_info(["certseg_rt", "sigma"]).astype(str))
         classes = json.loads(model.get_rt_info(["certseg_rt", "classes"]).astype(str))
@@ -234,7 +230,8 @@ def check_graph_matches(model, manifest: dict, name: str) -> None:
         raise CertsegError(f"engine graph {name} does not record the sigma and classes it was built for "
                            f"(rt_info certseg_rt); {REBUILD}")
     if not np.isclose(sigma, manifest["sigma"], rtol=0, atol=1e-9):
-        raise CertsegError(f"engine field sigma is {manifest['sigma']} but {name} was built for sigma {sigma}; {REBUILD}")
+        raise CertsegError(f"engine field sigma is {manifest['sigma']} but {name} was built for sigma {sigma}; "
+                           f"{REBUILD}")
     if classes != manifest["classes"]:
         raise CertsegError(f"engine field classes lists {len(manifest['classes'])} classes, but {name} was built for "
                            f"{classes}; {REBUILD}")

@@ -47,7 +47,8 @@ import numpy as np
 
 from ...errors import CertsegError
 from ..sampling import GraphBackend, check_input
-from .onnxruntime import OnnxRuntimeBackend
+from .cuda_device import ClosesDeviceResources, DeviceLoop, cuda_ok, cudart, gpu_properties, \
+    require_device_kernels
 
 ENGINE_NAME = "model.engine"
 INPUT_NAME = "x_noisy"
@@ -69,55 +70,6 @@ def import_tensorrt():
         raise CertsegError("the TensorRT backend needs an NVIDIA GPU and the tensorrt package "
                            "(pip install 'certseg-rt[gpu]' on a GPU machine); or build --backend onnxruntime")
     return tensorrt
-
-
-def cudart():
-    """cuda-python's runtime module (``cuda.bindings.runtime``; ``cuda.cudart`` in cuda-python < 12.6)."""
-    try:
-        from cuda.bindings import runtime
-    except ImportError:
-        try:
-            from cuda import cudart as runtime
-        except ImportError:
-            raise CertsegError("the TensorRT backend needs cuda-python for device memory and CUDA graphs "
-                               "(pip install 'certseg-rt[gpu]')")
-    return runtime
-
-
-def cuda_ok(result, what: str):
-    """Unwrap cuda-python's (cudaError_t, *values) return; raise CertsegError naming the call on failure."""
-    rt = cudart()
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != rt.cudaError_t.cudaSuccess:
-        message = rt.cudaGetErrorString(err)
-        message = message[1] if isinstance(message, tuple) else message
-        message = message.decode() if isinstance(message, bytes) else str(message)
-        raise CertsegError(f"CUDA call {what} failed: {message}")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def require_device_kernels():
-    """The compiled extension with CUDA kernels, and a GPU; else one CertsegError line."""
-    from ..._ext_loader import EXTENSION_STATUS, ext
-
-    if not EXTENSION_STATUS["cuda"]:
-        raise CertsegError("the TensorRT backend needs certseg-rt's CUDA kernels, and this install was built without "
-                           "them; reinstall on a machine with nvcc (CERTSEG_CUDA=ON pip install 'certseg-rt[gpu]')")
-    if ext.cuda_device_count() == 0:
-        raise CertsegError("no CUDA device is visible (driver missing, no GPU, or CUDA_VISIBLE_DEVICES is empty); "
-                           "the TensorRT backend runs on an NVIDIA GPU")
-    return ext
-
-
-def gpu_properties(device: int | None = None) -> tuple[str, str]:
-    """(name, compute capability "major.minor") of the current (or given) CUDA device, via cuda-python."""
-    rt = cudart()
-    device = cuda_ok(rt.cudaGetDevice(), "cudaGetDevice") if device is None else device
-    prop = cuda_ok(rt.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
-    name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
-    return name.split("\x00")[0].strip(), f"{prop.major}.{prop.minor}"
 
 
 # ---- the refusal rules (pure) ------------------------------------------------------------------------------
@@ -246,129 +198,9 @@ def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, pr
     return backend
 
 
-# ---- device memory and the device-side loop -----------------------------------------------------------------
-
-class _ClosesDeviceResources:
-    """Context manager over close(): device memory, graphs and contexts are freed on exit or collection."""
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-
-class DeviceBuffer:
-    """cudaMalloc'd bytes, freed by ``free()`` (idempotent)."""
-
-    def __init__(self, nbytes: int):
-        self.nbytes = int(nbytes)
-        self.ptr = int(cuda_ok(cudart().cudaMalloc(max(self.nbytes, 1)), "cudaMalloc"))
-
-    def free(self) -> None:
-        if self.ptr:
-            cudart().cudaFree(self.ptr)
-            self.ptr = 0
-
-
-class _DeviceLoop:
-    """Buffers and stream of the on-device sampling loop (x, noisy batch, labels, counts, bad label)."""
-
-    def __init__(self, *, channels, height, width, num_classes, batch_size, stream=None):
-        from ..._ext_loader import ext
-
-        self.ext = ext
-        rt = cudart()
-        self.shape = (channels, height, width)
-        self.elements = channels * height * width
-        self.pixels = height * width
-        self.num_classes = num_classes
-        self.batch_size = batch_size
-        self._own_stream = stream is None
-        if stream is None:
-            flags = getattr(rt, "cudaStreamNonBlocking", 1)
-            stream = cuda_ok(rt.cudaStreamCreateWithFlags(flags), "cudaStreamCreateWithFlags")
-        self.stream = stream
-        self.handle = int(stream)
-        self.buffers: list[DeviceBuffer] = []
-        self.x = self._alloc(self.elements * 4)
-        self.noisy = self._alloc(batch_size * self.elements * 4)
-        self.labels = self._alloc(batch_size * self.pixels)
-        self.counts = self._alloc(num_classes * self.pixels * 4)
-        self.bad = self._alloc(4)
-        self._host_counts = np.empty((num_classes, height, width), np.int32)
-        self._host_bad = np.empty(1, np.int32)
-
-    def _alloc(self, nbytes):
-        buf = DeviceBuffer(nbytes)
-        self.buffers.append(buf)
-        return buf
-
-    def copy_in(self, dst: int, array: np.ndarray) -> None:
-        rt = cudart()
-        cuda_ok(rt.cudaMemcpyAsync(dst, array.ctypes.data, array.nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
-                                   self.stream), "cudaMemcpyAsync (host to device)")
-
-    def copy_out(self, array: np.ndarray, src: int) -> None:
-        rt = cudart()
-        cuda_ok(rt.cudaMemcpyAsync(array.ctypes.data, src, array.nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost,
-                                   self.stream), "cudaMemcpyAsync (device to host)")
-
-    def synchronize(self) -> None:
-        cuda_ok(cudart().cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
-
-    def fill(self, seed: int, first_sample: int, batch: int, sigma: float) -> None:
-        self.ext.cuda_fill_noisy(self.x.ptr, self.elements, sigma, seed, first_sample, batch, self.noisy.ptr,
-                                 stream=self.handle)
-
-    def votes(self, batch: int) -> None:
-        self.ext.cuda_accumulate_votes(self.labels.ptr, batch, self.pixels, self.counts.ptr, self.num_classes,
-                                       self.bad.ptr, stream=self.handle)
-
-    def run(self, x: np.ndarray, num: int, seed: int, offset: int, sigma: float,
-            infer: Callable[[int], bool], progress: Callable[[int], None] | None) -> np.ndarray:
-        """counts (K, H, W) of `num` samples from `offset`; infer(b) enqueues b samples, True if it also voted."""
-        rt = cudart()
-        self.copy_in(self.x.ptr, np.ascontiguousarray(x, np.float32))
-        cuda_ok(rt.cudaMemsetAsync(self.counts.ptr, 0, self.counts.nbytes, self.stream), "cudaMemsetAsync")
-        cuda_ok(rt.cudaMemsetAsync(self.bad.ptr, 0xFF, 4, self.stream), "cudaMemsetAsync")
-        for start in range(0, num, self.batch_size):
-            b = min(self.batch_size, num - start)
-            self.fill(seed, offset + start, b, sigma)
-            if not infer(b):
-                self.votes(b)
-            if progress is not None:
-                progress(b)  # enqueued, not finished: the GPU catches up at the copy below
-        self.copy_out(self._host_counts, self.counts.ptr)
-        self.copy_out(self._host_bad, self.bad.ptr)
-        self.synchronize()
-        if self._host_bad[0] >= 0:
-            raise CertsegError(f"the engine produced label {int(self._host_bad[0])}, out of range for "
-                               f"{self.num_classes} classes: the model does not match the classes it declares; "
-                               f"rebuild the engine")
-        return self._host_counts.copy()
-
-    def close(self) -> None:
-        for buf in self.buffers:
-            buf.free()
-        self.buffers = []
-        if self._own_stream and self.stream is not None:
-            cudart().cudaStreamDestroy(self.stream)
-        self.stream = None
-
-
 # ---- runner ------------------------------------------------------------------------------------------------
 
-class TensorRTBackend(_ClosesDeviceResources, GraphBackend):
+class TensorRTBackend(ClosesDeviceResources, GraphBackend):
     """A deserialized engine x_noisy -> labels, with device buffers allocated once and a CUDA graph per batch.
 
     ``sample_counts`` keeps everything on the device (module doc).  ``infer`` runs a host batch through the
@@ -389,7 +221,7 @@ class TensorRTBackend(_ClosesDeviceResources, GraphBackend):
         self.input_size = (self.height, self.width)
         self.input_name, self.output_name = input_name, output_name
         self._check_io()
-        self._loop = _DeviceLoop(channels=channels, height=height, width=width, num_classes=num_classes,
+        self._loop = DeviceLoop(channels=channels, height=height, width=width, num_classes=num_classes,
                                  batch_size=batch_size)
         self._context = self._new_context()  # uncaptured: any batch size, host inference
         self._context_batch = 0
@@ -514,87 +346,3 @@ class TensorRTBackend(_ClosesDeviceResources, GraphBackend):
         if getattr(self, "_loop", None) is not None:
             self._loop.close()
             self._loop = None
-
-
-
-
-# ---- ONNX Runtime's CUDA / TensorRT execution providers on device memory ----------------------------------
-
-class OnnxRuntimeDeviceBackend(_ClosesDeviceResources, OnnxRuntimeBackend):
-    """ONNX Runtime (CUDA or TensorRT EP) with noise, labels and votes in device memory.
-
-    ONNX Runtime runs on our stream (provider option ``user_compute_stream``) and does not synchronize
-    after each run (``disable_synchronize_execution_providers``), so the noise kernel, the session and
-    the votes kernel are ordered by the stream alone; IOBinding binds the noisy batch and the labels in
-    place.  ``infer`` (host arrays) is the parent's.
-    """
-
-    name = "onnxruntime"
-
-    def __init__(self, path, *, provider: str, sigma, num_classes, channels, height, width, batch_size,
-                 threads: int | None = None, device_id: int = 0):
-        import onnxruntime as ort
-
-        from .onnxruntime import PROVIDERS
-
-        if provider not in ("cuda", "tensorrt"):
-            raise CertsegError(f"device-resident ONNX Runtime needs provider cuda or tensorrt, got {provider!r}")
-        require_device_kernels()
-        available = ort.get_available_providers()
-        if PROVIDERS[provider] not in available:
-            raise CertsegError(f"ONNX Runtime here has no {PROVIDERS[provider]} (available: {', '.join(available)}); "
-                               f"install onnxruntime-gpu on a machine with an NVIDIA GPU")
-        loop = _DeviceLoop(channels=channels, height=height, width=width, num_classes=num_classes,
-                           batch_size=batch_size)
-        options = {"device_id": str(device_id), "user_compute_stream": str(loop.handle)}
-        providers = [(PROVIDERS[provider], options)]
-        if provider == "tensorrt":
-            providers.append(("CUDAExecutionProvider", dict(options)))
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            so.intra_op_num_threads = threads
-        try:
-            session = ort.InferenceSession(str(path), so, providers=providers)
-        except Exception as e:
-            loop.close()
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CertsegError(f"cannot load {path} with ONNX Runtime {provider} ({first[:200]}); rebuild with "
-                               f"`certseg-rt build-engine`")
-        super().__init__(session, sigma=sigma, num_classes=num_classes, channels=channels, height=height,
-                         width=width, batch_size=batch_size, provider=provider)
-        self.device_id = device_id
-        self._loop = loop
-        self._run_options = ort.RunOptions()
-        self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
-        self._device_bindings: dict[int, object] = {}
-
-    def _device_binding(self, batch: int):
-        binding = self._device_bindings.get(batch)
-        if binding is None:
-            c, h, w = self._loop.shape
-            binding = self.session.io_binding()
-            binding.bind_input(self.input_name, "cuda", self.device_id, np.float32, (batch, c, h, w),
-                               self._loop.noisy.ptr)
-            binding.bind_output(self.output_name, "cuda", self.device_id, np.uint8, (batch, h, w),
-                                self._loop.labels.ptr)
-            self._device_bindings[batch] = binding
-        return binding
-
-    def _run_batch(self, batch: int) -> bool:
-        self.session.run_with_iobinding(self._device_binding(batch), self._run_options)
-        return False
-
-    def sample_counts(self, x, num, seed, offset):
-        x = np.asarray(x)
-        if x.ndim >= 2 and x.shape[-2:] != (self.height, self.width):
-            return super().sample_counts(x, num, seed, offset)  # the parent's one-line size error
-        x = check_input(x, self.channels)
-        return self._loop.run(x, num, seed, offset, self.sigma, self._run_batch, self.progress)
-
-    def close(self) -> None:
-        self._device_bindings = {}
-        if getattr(self, "_loop", None) is not None:
-            self._loop.close()
-            self._loop = None
-

@@ -269,8 +269,8 @@ def open_model(model_dir, sigma: float, *, batch_size: int = 16, precision: str 
 
     source = load_model_dir(model_dir, denoiser=denoiser)
     backend = TorchCudaBackend(source.denoise_segment(sigma), sigma=sigma, num_classes=source.num_classes,
-                               channels=source.noise_channels, size_multiple=source.size_multiple, batch_size=batch_size,
-                               precision=precision, form=form, cuda_graph=cuda_graph, device=device)
+                               channels=source.noise_channels, size_multiple=source.size_multiple,
+                               batch_size=batch_size, precision=precision, form=form, cuda_graph=cuda_graph, device=device)
     step = source.one_step(sigma)
     backend.source = source
     backend.segment = functools.partial(_segment_clean, source.segmenter, backend.gpu.device)
