@@ -78,7 +78,7 @@ def latency(native_lib: Path, engine: Path, image: Path, rounds: int) -> dict:
     from certseg_rt.io import read_image
 
     x = np.ascontiguousarray(read_image(image, 1))
-    from certseg_rt import CertifiedSegmenter
+    from certseg_rt.runtime.segmenter import CertifiedSegmenter
 
     start = time.perf_counter()
     python = CertifiedSegmenter.load(engine)
