@@ -6,7 +6,7 @@ For each backend: an engine of the bundled chest model at SIZE (built in a tempo
 reference needs none), then, each in its own subprocess so that its peak RSS (VmHWM) is its own,
 
 * certify at each batch of --batches with no budget: peak RSS against the runner's estimate
-  (``runtime.sampling.MemoryCosts``), and the per-sample slope and base they imply (how the runners'
+  (``runtime.memory.MemoryCosts``), and the per-sample slope and base they imply (how the runners'
   ``MEMORY`` constants were measured);
 * certify with ``--max-memory BUDGET`` and the default batch (16): the batch the runtime picked and the peak.
 
@@ -25,7 +25,7 @@ import json, sys
 from certseg_rt.certify import certify
 from certseg_rt.data.modalities import get_modality
 from certseg_rt.data import HELD_OUT_SEEDS
-from certseg_rt.runtime.sampling import parse_memory
+from certseg_rt.runtime.memory import parse_memory
 from certseg_rt.bench.machine import peak_rss_mb
 backend_name, target, size, batch, budget = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 budget = None if budget == "none" else parse_memory(budget)
@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--backends", default="onnxruntime,openvino,torch-eager")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    from certseg_rt.runtime.sampling import parse_memory
+    from certseg_rt.runtime.memory import parse_memory
     from certseg_rt.zoo import bundled_model_dir
 
     budget_mb = parse_memory(args.budget) / 2**20

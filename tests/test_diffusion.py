@@ -120,3 +120,42 @@ def test_one_step_equals_diffusers_pred_original_sample(scheduler, sigma):
 def test_sigma_must_be_positive():
     with pytest.raises(ValueError, match="sigma"):
         timestep_for_sigma(np.linspace(0.999, 0.01, 10), 0.0)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_x0_of_each_prediction_type_equals_diffusers_pred_original_sample(prediction_type):
+    """x0_from_output and the coefficients the exported graph uses, against DDPMScheduler.step for that
+    prediction type (clip_sample to [-1, 1]); inputs wide enough that clipping acts on some elements."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    from certseg_rt.diffusion import x0_from_output
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type, clip_sample=True,
+                              clip_sample_range=1.0)
+    step = timestep_for_sigma(scheduler.alphas_cumprod.numpy(), 0.25, prediction_type)
+    assert step.prediction_type == prediction_type
+    rng = np.random.default_rng(3)
+    x_t = rng.uniform(-1.5, 1.5, (2, 3, 8, 8)).astype(np.float32)
+    out = rng.normal(0, 1.2, x_t.shape).astype(np.float32)
+    want = scheduler.step(torch.from_numpy(out), step.timestep, torch.from_numpy(x_t)).pred_original_sample.numpy()
+    assert 0.01 < np.mean(np.abs(want) == 1.0) < 0.9  # clipping matters here
+    got = x0_from_output(x_t.astype(np.float64), out.astype(np.float64), step.alpha_bar, prediction_type)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    c_x, c_out = step.x0_coefficients
+    np.testing.assert_allclose(np.clip(c_x * x_t + c_out * out, -1, 1), want, rtol=0, atol=2e-6)
+
+
+def test_an_unknown_prediction_type_is_refused_naming_the_known_ones():
+    from certseg_rt.diffusion import OneStepDenoise, x0_from_output
+
+    message = "prediction_type must be one of epsilon, v_prediction, sample, got 'eps'"
+    with pytest.raises(ValueError) as error:
+        x0_from_output(np.zeros(2), np.zeros(2), 0.5, "eps")
+    assert str(error.value) == message
+    with pytest.raises(ValueError) as error:
+        OneStepDenoise(sigma=0.25, timestep=10, alpha_bar=0.9, prediction_type="eps")
+    assert str(error.value) == message
+    with pytest.raises(ValueError) as error:
+        timestep_for_sigma(np.linspace(0.99, 0.01, 100), 0.25, "eps")
+    assert str(error.value) == message

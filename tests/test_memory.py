@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from certseg_rt.errors import CertsegError
-from certseg_rt.runtime.sampling import MemoryCosts, MemoryEstimate, fit_batch_size, parse_memory
+from certseg_rt.runtime.memory import MemoryCosts, MemoryEstimate, fit_batch_size, parse_memory
 
 
 @pytest.mark.parametrize("text,size", [("2G", 2 << 30), ("1.5GiB", 3 << 29), ("512M", 512 << 20), ("512mb", 512 << 20),

@@ -86,3 +86,57 @@ def test_graph_backend_refuses_an_empty_batch_size():
     with pytest.raises(ValueError) as error:
         Threshold(batch_size=0)
     assert str(error.value) == "batch_size must be >= 1, got 0"
+
+
+# ---- batching policies: one static batch per call (reduced precision picks its kernels per shape) ---------------
+
+def smallest_batch_with_fewest_calls(num: int, batch_size: int) -> int:
+    """Worked out independently of call_batch: the fewest calls any batch <= batch_size needs is
+    ceil(num / batch_size); the static batch is the smallest size that still needs no more calls."""
+    fewest = -(-num // batch_size)
+    return next(b for b in range(1, batch_size + 1) if -(-num // b) == fewest)
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 7, 16])
+def test_call_batch_is_the_smallest_static_batch_with_the_fewest_calls(batch_size):
+    backend = Threshold(batch_size=batch_size)
+    for num in range(1, 130):
+        assert backend.call_batch(num) == smallest_batch_with_fewest_calls(num, batch_size), num
+    assert [Threshold(batch_size=16).call_batch(n) for n in (10, 100, 33, 17, 16, 32)] == [10, 15, 11, 9, 16, 16]
+
+
+@pytest.mark.parametrize("static, fixed, num, shapes", [
+    (False, False, 10, [4, 4, 2]),  # dynamic: the last batch at its own size
+    (True, False, 10, [4, 4, 4]),  # static: ceil(10 / 3) = 4, the last batch (2 samples) padded
+    (True, False, 9, [3, 3, 3]),  # static: 9 samples in 3 calls of 3, nothing padded
+    (True, False, 5, [3, 3]),  # static: 5 samples in 2 calls of 3
+    (False, True, 5, [4, 4]),  # fixed batch: always the engine's batch
+    (True, True, 5, [4, 4]),  # a fixed batch wins over the call batch
+])
+def test_every_sample_of_a_call_runs_at_one_batch_and_padding_is_dropped(static, fixed, num, shapes):
+    x = np.random.default_rng(4).uniform(0, 1, (1, 6, 5)).astype(np.float32)
+    backend = Threshold(batch_size=4)
+    backend.static_batch, backend.fixed_batch = static, fixed
+    done = []
+    backend.progress = done.append
+    counts = backend.sample_counts(x, num, seed=9, offset=2)
+    assert backend.batches == shapes
+    assert sum(done) == num and all(d <= s for d, s in zip(done, shapes))  # progress counts real samples only
+    dynamic = Threshold(batch_size=4).sample_counts(x, num, seed=9, offset=2)
+    assert np.array_equal(counts, dynamic) and counts.sum() == num * 30  # the padding's labels are not voted
+
+
+def test_an_engine_refuses_an_image_of_another_size_in_one_line():
+    from certseg_rt.errors import CertsegError
+    from certseg_rt.runtime.sampling import check_engine_size
+
+    with pytest.raises(CertsegError) as error:
+        check_engine_size(np.zeros((1, 20, 24), np.float32), 16, 16, "--backend openvino ")
+    assert str(error.value) == ("image is 20x24 but the engine was built for 16x16; resize the image or rebuild with "
+                                "`certseg-rt build-engine --backend openvino --image-size 20`")
+    with pytest.raises(CertsegError) as error:
+        check_engine_size(np.zeros((20, 24), np.float32), 16, 16)  # a 2-D (gray) image is checked too
+    assert str(error.value).endswith("rebuild with `certseg-rt build-engine --image-size 20`")
+    check_engine_size(np.zeros((3, 16, 24), np.float32), 16, 24)  # the engine's size: no complaint
+    check_engine_size([[0.5] * 24] * 16, 16, 24)  # any array-like
+    check_engine_size(np.zeros(7, np.float32), 16, 24)  # not an image: check_input says so, not this check

@@ -85,7 +85,7 @@ def memory_budget(max_memory: str | None) -> int | None:
     """--max-memory in bytes (None: the runtime's default)."""
     if max_memory is None:
         return None
-    from ..runtime.sampling import parse_memory
+    from ..runtime.memory import parse_memory
 
     return parse_memory(max_memory)
 

@@ -5,7 +5,7 @@ of every tensor an operator returns and subtracts them when the tensor is freed,
 runtime that frees each activation after its last use must hold at once.  Engines lay tensors out in
 blocked formats and keep scratch per thread, so each runner multiplies this by a factor measured on its
 own library (``runtime/backends/<backend>.py``: ``MEMORY``); the budget arithmetic is
-``runtime.sampling.fit_batch_size``.  Recorded at build time as the manifest's field ``memory``.
+``runtime.memory.fit_batch_size``.  Recorded at build time as the manifest's field ``memory``.
 """
 from __future__ import annotations
 

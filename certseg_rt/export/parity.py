@@ -19,7 +19,6 @@ after each runner (glibc ``malloc_trim``), so one runner's memory is given back 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 
 from .. import kernels
 from ..errors import CertsegError
+from ..runtime.memory import default_memory_budget
 
 MIB = 1 << 20
 DEFAULT_RANGE = (1, 16, 64)  # export.build.DEFAULT_BATCH_SIZES (a builder that passes none gets these)
@@ -47,21 +47,6 @@ def _status_kib(field_name: str) -> int | None:
     return None
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to start new work without swapping (MemAvailable), or None if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def _trim_heap() -> None:
     """Hand freed heap memory back to the system (glibc), so the next runner starts from a smaller process."""
     import ctypes
@@ -71,12 +56,6 @@ def _trim_heap() -> None:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def default_budget() -> int:
-    """Half the memory available now (2 GiB where that is unknown)."""
-    available = available_memory()
-    return available // 2 if available else 2 << 30
 
 
 class PeakMemory:
@@ -125,7 +104,7 @@ class BatchPlan:
             lo = hi = int(fixed_batch)
         else:
             lo, _, hi = (int(b) for b in (batch_sizes or DEFAULT_RANGE))
-        return cls(lo=lo, hi=hi, fixed=bool(fixed_batch), budget=int(budget or default_budget()))
+        return cls(lo=lo, hi=hi, fixed=bool(fixed_batch), budget=int(budget or default_memory_budget()))
 
     def run(self, name: str, fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
         """fn over x in chunks (see the module docstring); outputs concatenated, padding dropped."""

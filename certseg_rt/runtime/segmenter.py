@@ -59,7 +59,7 @@ class CertifiedSegmenter:
         whose estimated peak memory fits ``max_memory`` (bytes, or e.g. "2G"; default: half the memory
         available now).  With an adapter (manifest field adapter: a gray image in front of an RGB denoiser)
         the backend takes the image as given and replicates it before the noise (``adapters.ReplicatedInput``)."""
-        from .sampling import parse_memory
+        from .memory import parse_memory
 
         manifest = load_manifest(engine_dir)
         budget = None if max_memory is None else parse_memory(max_memory)

@@ -93,7 +93,7 @@ def engine_batch_size(manifest: dict, batch_size: int | None, *, max_memory: int
     lowered to the largest batch of the range whose estimated peak memory fits ``max_memory`` (default:
     half the memory available now) when the runner knows its ``costs``.  An engine built for a fixed batch
     runs that batch whatever is asked (the counts do not depend on the batch size)."""
-    from ..sampling import default_memory_budget, fit_batch_size, parse_memory
+    from ..memory import default_memory_budget, fit_batch_size, parse_memory
 
     sizes = manifest["batch_sizes"]
     if sizes.get("fixed"):

@@ -10,7 +10,8 @@ import numpy as np
 
 from ...errors import CertsegError
 from ...manifest import REBUILD
-from ..sampling import GraphBackend, MemoryCosts, check_engine_size, check_input
+from ..memory import MemoryCosts
+from ..sampling import GraphBackend, check_engine_size, check_input
 
 # Measured by benchmarks/memory_budget.py (peak RSS of certify at 512x512, batches 1 and 8: 446 and 2518 MB, 296 MB
 # per sample against 105 MB of torch's live tensors): ONNX Runtime's arena and its NCHWc reorders hold ~2.8x

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import CertsegError
-from ..sampling import GraphBackend, MemoryCosts, check_engine_size, check_input
+from ..memory import MemoryCosts
+from ..sampling import GraphBackend, check_engine_size, check_input
 
 INFERENCE_PRECISIONS = ("f32", "bf16")  # values of the manifest's openvino.inference_precision
 # Manifest field openvino.batching: how this runner and the native one (cpp_ext/runtime/engine.cpp) batch samples,

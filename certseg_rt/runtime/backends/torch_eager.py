@@ -12,7 +12,8 @@ import functools
 import numpy as np
 import torch
 
-from ..sampling import GraphBackend, MemoryCosts, default_memory_budget, fit_batch_size, parse_memory
+from ..memory import MemoryCosts, default_memory_budget, fit_batch_size, parse_memory
+from ..sampling import GraphBackend
 
 PRECISIONS = ("fp32", "bf16")
 LAYOUTS = ("nchw", "channels_last")
