@@ -89,3 +89,14 @@ def openvino_engines(tmp_path_factory):
                      precision=precision, batch_sizes=(1, 8, 32), log=lambda m: None)
         engines[precision] = root / precision
     return engines
+
+
+@pytest.fixture(scope="session")
+def native(tmp_path_factory) -> dict:
+    """cpp_ext/ built with the native runtime, its program and the C example (CMake), once per session."""
+    from native_helpers import build_native, missing_build_tools
+
+    why = missing_build_tools()
+    if why is not None:
+        pytest.skip(why)
+    return build_native(tmp_path_factory.mktemp("certseg_native"))

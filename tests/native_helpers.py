@@ -51,16 +51,6 @@ def build_native(build_dir: Path, *, tests: bool = True, build_type: str = "Rele
             "library": out / "libcertseg_runtime.so", "kernels": build_dir / "libcertseg.so", "seconds": time.perf_counter() - start}
 
 
-# Built once per test session, whichever test module asks first (pytest's session fixtures are per defining module).
-_SESSION: dict = {}
-
-
-def session_build(tmp_path_factory) -> dict:
-    if "build" not in _SESSION:
-        _SESSION["build"] = build_native(tmp_path_factory.mktemp("certseg_native"))
-    return _SESSION["build"]
-
-
 def run(program, *args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([str(program), *map(str, args)], check=False, capture_output=True, text=True, timeout=300,
                           cwd=cwd)

@@ -16,19 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from native_helpers import missing_build_tools, one_line_error, run, session_build
+from native_helpers import missing_build_tools, one_line_error, run
 
 pytestmark = pytest.mark.skipif(missing_build_tools() is not None, reason=str(missing_build_tools()))
-
-
-@pytest.fixture(scope="session")
-def native(tmp_path_factory) -> dict:
-    return session_build(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def ov_engines(openvino_engines) -> dict:
-    return openvino_engines
 
 
 @pytest.fixture(scope="session")
@@ -103,8 +93,8 @@ ENGINE_REFUSALS = [
 
 
 @pytest.mark.parametrize("name,edit,tamper,same_as_python,message", ENGINE_REFUSALS, ids=[r[0] for r in ENGINE_REFUSALS])
-def test_engine_refusals(native, ov_engines, phantom_png, tmp_path, name, edit, tamper, same_as_python, message):
-    engine = broken_copy(ov_engines["fp32"], tmp_path / "engine", edit, tamper)
+def test_engine_refusals(native, openvino_engines, phantom_png, tmp_path, name, edit, tamper, same_as_python, message):
+    engine = broken_copy(openvino_engines["fp32"], tmp_path / "engine", edit, tamper)
     mask = tmp_path / "out" / "mask.png"
     error = one_line_error(run(native["certseg_run"], engine, phantom_png, "--json", "--out", mask))
     assert message in error
@@ -156,13 +146,13 @@ def _image_cases(tmp: Path, phantom) -> list:
     return cases
 
 
-def test_image_refusals(native, ov_engines, phantom, tmp_path):
+def test_image_refusals(native, openvino_engines, phantom, tmp_path):
     from certseg_rt.errors import InputError
     from certseg_rt.io import read_image
 
     for image, message in _image_cases(tmp_path, phantom):
         mask = tmp_path / f"{image.stem}-mask.png"
-        error = one_line_error(run(native["certseg_run"], ov_engines["fp32"], image, "--out", mask))
+        error = one_line_error(run(native["certseg_run"], openvino_engines["fp32"], image, "--out", mask))
         assert message in error, image
         assert not mask.exists()
         if image.stem in ("colour", "two", "nan", "high"):  # refused by read_image in Python too
@@ -190,8 +180,8 @@ OPTION_CASES = [
 
 
 @pytest.mark.parametrize("args,code,message", OPTION_CASES, ids=[" ".join(c[0]) for c in OPTION_CASES])
-def test_option_refusals(native, ov_engines, phantom_png, tmp_path, args, code, message):
-    result = run(native["certseg_run"], ov_engines["fp32"], phantom_png, *args, cwd=tmp_path)
+def test_option_refusals(native, openvino_engines, phantom_png, tmp_path, args, code, message):
+    result = run(native["certseg_run"], openvino_engines["fp32"], phantom_png, *args, cwd=tmp_path)
     if code == 1:
         assert message in one_line_error(result)
     else:
@@ -200,8 +190,8 @@ def test_option_refusals(native, ov_engines, phantom_png, tmp_path, args, code, 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_usage(native, ov_engines):
-    missing = run(native["certseg_run"], ov_engines["fp32"])
+def test_usage(native, openvino_engines):
+    missing = run(native["certseg_run"], openvino_engines["fp32"])
     assert missing.returncode == 2 and "Error: Missing argument 'IMAGE'." in missing.stderr
     helped = run(native["certseg_run"], "--help")
     assert helped.returncode == 0 and "--correction [holm|bonferroni]" in helped.stdout

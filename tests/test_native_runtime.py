@@ -26,17 +26,11 @@ from native_helpers import (
     missing_build_tools,
     python_certificate,
     run,
-    session_build,
     threshold_counts,
     threshold_engine,
 )
 
 pytestmark = pytest.mark.skipif(missing_build_tools() is not None, reason=str(missing_build_tools()))
-
-
-@pytest.fixture(scope="session")
-def native(tmp_path_factory) -> dict:
-    return session_build(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
