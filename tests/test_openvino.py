@@ -160,6 +160,9 @@ BAD = {
     "other classes": (lambda d: edit_manifest(d, lambda m: m.update(classes=["a", "b", "c", "d"])), "classes"),
     "other input size": (lambda d: edit_manifest(d, lambda m: m["input"].update(height=256)), "field input"),
     "bad threads": (lambda d: edit_manifest(d, lambda m: m["openvino"].update(threads=0)), "openvino.threads"),
+    "other batching": (lambda d: edit_manifest(d, lambda m: m["openvino"].update(batching="dynamic")),
+                       "openvino.batching is 'dynamic'; this runtime batches 'static-per-call'"),
+    "no batching": (lambda d: edit_manifest(d, lambda m: m["openvino"].pop("batching")), "openvino.batching is None"),
     "bad memory": (lambda d: edit_manifest(d, lambda m: m["memory"].update(weights_bytes="lots")), "field memory"),
 }
 
