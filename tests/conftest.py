@@ -1,5 +1,24 @@
+import os
+import shutil
+import tempfile
+
 import numpy as np
 import pytest
+
+_SESSION_CACHE = None
+
+
+def pytest_configure(config):
+    """The compiled-model cache (runtime/model_cache.py) of the test session, in the environment so that
+    subprocesses (certseg-run, CLI runs) share it: a temporary folder, never the user's own."""
+    global _SESSION_CACHE
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="certseg-test-cache-")
+    os.environ["CERTSEG_CACHE_DIR"] = _SESSION_CACHE
+
+
+def pytest_unconfigure(config):
+    if _SESSION_CACHE is not None:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

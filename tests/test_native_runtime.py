@@ -114,7 +114,8 @@ class Options(ctypes.Structure):
 
 
 class OpenOptions(ctypes.Structure):
-    _fields_ = [("threads", ctypes.c_int), ("batch_size", ctypes.c_int)]
+    _fields_ = [("threads", ctypes.c_int), ("batch_size", ctypes.c_int), ("cache_dir", ctypes.c_char_p),
+                ("n0", ctypes.c_int64), ("n", ctypes.c_int64)]
 
 
 PROGRESS = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
@@ -142,7 +143,7 @@ def runtime(native):
 
 def open_engine(lib, path, batch_size=0):
     handle = ctypes.c_void_p()
-    rc = lib.certseg_engine_open(str(path).encode(), ctypes.byref(OpenOptions(0, batch_size)), ctypes.byref(handle))
+    rc = lib.certseg_engine_open(str(path).encode(), ctypes.byref(OpenOptions(0, batch_size, None, 0, 0)), ctypes.byref(handle))
     return rc, handle
 
 

@@ -12,6 +12,7 @@ from ..certify import DEFAULTS, check_parameters
 from ..errors import CertsegError
 from .common import (
     REFERENCE_BATCH,
+    cache_choice,
     check_batch_size,
     certify_with_progress,
     check_writable,
@@ -37,8 +38,8 @@ from .group import main
               help="write the certified mask here (PNG: class index per pixel, 255 = abstain)")
 @click.option("--json", "as_json", is_flag=True, help="print the certificate as JSON")
 @user_errors
-def certify(image, model, engine, sigma, tau, alpha, n0, n, seed, batch_size, correction, threads, max_memory, out,
-            as_json):
+def certify(image, model, engine, sigma, tau, alpha, n0, n, seed, batch_size, correction, threads, max_memory, cache_dir,
+            no_cache, out, as_json):
     """Certify one image: per-pixel labels that provably hold within an L2 radius.
 
     \b
@@ -57,7 +58,8 @@ def certify(image, model, engine, sigma, tau, alpha, n0, n, seed, batch_size, co
     from ..resize import fit_to_model
 
     backend, classes = open_backend(model, engine, sigma, batch_size, threads=threads,
-                                    max_memory=memory_budget(max_memory))
+                                    max_memory=memory_budget(max_memory), cache_dir=cache_choice(cache_dir, no_cache),
+                                    calls=(n0, n))
     x = read_image(image, backend.channels, note=note)
     fit = fit_to_model(x, backend.input_size, getattr(backend, "adapter", None))
     if fit.resized:

@@ -11,6 +11,7 @@ from ..certify import DEFAULTS, check_parameters
 from ..errors import CertsegError
 from .common import (
     REFERENCE_BATCH,
+    cache_choice,
     check_batch_size,
     check_writable,
     memory_budget,
@@ -83,7 +84,7 @@ def make_phantoms(dataset_dir, count, size, first_seed, modality):
 @runtime_options
 @user_errors
 def evaluate(dataset_dir, out, model, engine, sigmas, no_denoiser, tau, alpha, n0, n, seed, batch_size, correction,
-             config_name, ray_address, ray_cpus, ray_workers, threads, max_memory):
+             config_name, ray_address, ray_cpus, ray_workers, threads, max_memory, cache_dir, no_cache):
     """Certified Dice / IoU, abstain rate and radius over a dataset folder; CSV + JSON + PNG plots.
 
     Abstained pixels count as false negatives of their true class and never as false positives.
@@ -112,9 +113,13 @@ def evaluate(dataset_dir, out, model, engine, sigmas, no_denoiser, tau, alpha, n
         raise CertsegError("--ray-workers and --ray-cpus need --ray")
     if ray_address is not None and (ray_cpus <= 0 or (ray_workers is not None and ray_workers < 1)):
         raise CertsegError("--ray-cpus must be > 0 and --ray-workers >= 1")
+    if ray_address is not None and (cache_dir is not None or no_cache):
+        raise CertsegError("with --ray each worker keeps compiled models in its own machine's cache folder; omit "
+                           "--cache-dir and --no-cache")
     if ray_address is not None and threads is not None:
         raise CertsegError("with --ray each worker runs --ray-cpus threads; omit --threads")
     budget = memory_budget(max_memory)
+    cache = cache_choice(cache_dir, no_cache)
     samples = list_dataset(dataset_dir)
     check_writable(out)
     config = config_name or (f"engine:{Path(engine).name}" if engine else
@@ -129,7 +134,8 @@ def evaluate(dataset_dir, out, model, engine, sigmas, no_denoiser, tau, alpha, n
             for k, sg in enumerate(sigma_list):
                 if ray is None:
                     backend, classes = open_backend(model, engine, sg, batch_size, denoiser=not no_denoiser,
-                                                    threads=threads, max_memory=budget)
+                                                    threads=threads, max_memory=budget, cache_dir=cache,
+                                                    calls=(n0, n))
                     sigma, channels = backend.sigma, backend.channels
                 else:
                     target = targets[k]

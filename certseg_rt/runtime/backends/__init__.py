@@ -3,9 +3,12 @@
 Two kinds, one registry each:
 
 * ``RUNNERS``: engine runners.  Their module defines
-  ``open_engine(engine_dir, manifest, *, batch_size, threads, provider, max_memory)``: it checks what the
-  manifest asks of this machine (its library's version, the hardware), opens the engine and returns a
-  backend (``certify.Backend``: ``sample_counts``, ``segment`` for the clean segmenter, ``record``).
+  ``open_engine(engine_dir, manifest, *, batch_size, threads, provider, max_memory, cache_dir, calls)``: it
+  checks what the manifest asks of this machine (its library's version, the hardware), opens the engine and
+  returns a backend (``certify.Backend``: ``sample_counts``, ``segment`` for the clean segmenter, ``record``),
+  ready for calls of ``calls`` samples (default a default certify's n0 and n): a runner that compiles per
+  shape compiles those at open, through the per-user compiled-model cache (``cache_dir``: a folder, None
+  for the default, False for none; ``runtime/model_cache.py``).  Runners with nothing to compile ignore both.
   Hashes and field types are checked before, by ``manifest.load_manifest``.
 * ``REFERENCES``: reference runners, which run a model directory (the user's torch model) instead of an
   engine directory.  Their module defines ``open_model(model_dir, sigma, *, batch_size, denoiser, threads,
@@ -67,10 +70,11 @@ def reference(name: str) -> ModuleType:
 
 
 def open_engine(engine_dir: Path, manifest: dict, *, batch_size: int | None = None, threads: int | None = None,
-                provider: str = "cpu", max_memory: int | None = None):
+                provider: str = "cpu", max_memory: int | None = None, cache_dir=None, calls=None):
     """The backend for a checked manifest, opened by its runner module."""
     return runner(manifest["backend"]).open_engine(Path(engine_dir), manifest, batch_size=batch_size,
-                                                   threads=threads, provider=provider, max_memory=max_memory)
+                                                   threads=threads, provider=provider, max_memory=max_memory,
+                                                   cache_dir=cache_dir, calls=calls)
 
 
 def open_model(model_dir: Path, sigma: float, *, name: str = "torch-eager", batch_size: int = 16,

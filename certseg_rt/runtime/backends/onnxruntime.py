@@ -146,8 +146,9 @@ class OnnxSegmenter:
 
 
 def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, provider: str = "cpu",
-                max_memory=None):
-    """An onnxruntime engine directory (manifest already checked) -> OnnxRuntimeBackend."""
+                max_memory=None, cache_dir=None, calls=None):
+    """An onnxruntime engine directory (manifest already checked) -> OnnxRuntimeBackend.  Its session takes any
+    batch, so there is nothing to compile per call (``cache_dir`` and ``calls`` do not apply)."""
     from ...adapters import image_channels
     from . import engine_batch_size
 
