@@ -34,10 +34,31 @@ def _stats(seg):
     return cache.hits, cache.misses, cache.rejected
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def engine(openvino_engines):
     """bf16 where the CPU runs it natively (reduced precision picks its kernels per shape), else fp32."""
     return openvino_engines.get("bf16", openvino_engines["fp32"])
+
+
+@pytest.fixture(scope="module")
+def want(engine, phantom):
+    """The engine's certificate compiled without a cache."""
+    return _open(engine, False).certify(phantom.image, **PARAMS)
+
+
+@pytest.fixture(scope="module")
+def populated(engine, tmp_path_factory):
+    """A cache folder holding the entries of the engine's two calls (tests copy it)."""
+    root = tmp_path_factory.mktemp("populated")
+    assert _stats(_open(engine, root)) == (0, 2, 0)
+    return root
+
+
+@pytest.fixture
+def cache(populated, tmp_path):
+    import shutil
+
+    return shutil.copytree(populated, tmp_path / "cache")
 
 
 @pytest.fixture(autouse=True)
@@ -73,15 +94,14 @@ def test_a_hit_certifies_bit_for_bit_as_a_fresh_compile(openvino_engines, phanto
     assert sorted(hit.backend._requests) == [3, 7]
 
 
-def test_the_key_holds_every_input_of_the_compile(engine, tmp_path, monkeypatch):
+def test_the_key_holds_every_input_of_the_compile(engine, cache, tmp_path, monkeypatch):
     """The same IR at another precision, other threads, another OpenVINO build: each its own entries (OpenVINO's
     own CACHE_DIR served one blob to the f32 and the bf16 compile of an IR)."""
     from engine_helpers import copy_engine, edit_manifest
 
     from certseg_rt.runtime.segmenter import CertifiedSegmenter
 
-    _open(engine, tmp_path)
-    assert len(_entries(tmp_path)) == 2
+    assert len(_entries(cache)) == 2
     other = copy_engine(engine, tmp_path / "other-precision")
     hint = {"f32": "bf16", "bf16": "f32"}[json.loads((engine / "manifest.json").read_text())["openvino"]
                                           ["inference_precision"]]
@@ -90,14 +110,14 @@ def test_the_key_holds_every_input_of_the_compile(engine, tmp_path, monkeypatch)
     if hint is not None:
         edit_manifest(other, lambda m: (m.update(precision={"f32": "fp32", "bf16": "bf16"}[hint]),
                                         m["openvino"].update(inference_precision=hint)))
-        assert _stats(_open(other, tmp_path)) == (0, 2, 0)
-    seg = CertifiedSegmenter.load(engine, batch_size=8, threads=1, cache_dir=tmp_path, calls=CALLS)
+        assert _stats(_open(other, cache)) == (0, 2, 0)
+    seg = CertifiedSegmenter.load(engine, batch_size=8, threads=1, cache_dir=cache, calls=CALLS)
     assert _stats(seg) == (0, 2, 0)
     build = ov.get_version()
     monkeypatch.setattr(ov, "get_version", lambda: build.replace("-", "-1", 1))  # same release, another build
-    assert _stats(_open(engine, tmp_path)) == (0, 2, 0)
+    assert _stats(_open(engine, cache)) == (0, 2, 0)
     monkeypatch.undo()
-    assert _stats(_open(engine, tmp_path)) == (2, 0, 0)
+    assert _stats(_open(engine, cache)) == (2, 0, 0)
 
 
 def _flip(path, at):
@@ -116,26 +136,22 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
-def test_a_damaged_entry_is_ignored_and_rebuilt(engine, phantom, tmp_path, damage):
-    want = _open(engine, False).certify(phantom.image, **PARAMS)
-    _open(engine, tmp_path)
-    first, other = _entries(tmp_path)
+def test_a_damaged_entry_is_ignored_and_rebuilt(engine, phantom, want, cache, damage):
+    first, other = _entries(cache)
     DAMAGE[damage](first, other)
-    seg = _open(engine, tmp_path)
+    seg = _open(engine, cache)
     assert _stats(seg) == (1, 0, 1)  # one entry refused (and compiled again), the other imported
     _same_certificate(seg.certify(phantom.image, **PARAMS), want)
-    assert _stats(_open(engine, tmp_path)) == (2, 0, 0)  # rewritten whole
-    assert not list((tmp_path / "openvino").glob(".entry-*"))  # no temporary file left
+    assert _stats(_open(engine, cache)) == (2, 0, 0)  # rewritten whole
+    assert not list((cache / "openvino").glob(".entry-*"))  # no temporary file left
 
 
-def test_an_entry_of_another_openvino_release_is_refused_by_openvino_and_rebuilt(engine, phantom, tmp_path):
+def test_an_entry_of_another_openvino_release_is_refused_by_openvino_and_rebuilt(engine, phantom, want, cache):
     """An entry whose checksum is right but whose model another release exported (as if a cache folder were copied
     between installs): OpenVINO's own header check refuses it, and it is compiled again and overwritten."""
     from certseg_rt.runtime.model_cache import MAGIC, ModelCache
 
-    want = _open(engine, False).certify(phantom.image, **PARAMS)
-    _open(engine, tmp_path)
-    path = _entries(tmp_path)[0]
+    path = _entries(cache)[0]
     data = path.read_bytes()
     line_end = data.index(b"\n", len(MAGIC))
     key_size = int(data[len(MAGIC):line_end].split()[2])
@@ -144,11 +160,11 @@ def test_an_entry_of_another_openvino_release_is_refused_by_openvino_and_rebuilt
     here = ov.get_version().split("-")[0].encode()
     other = b"2025.9.9"[:len(here)].ljust(len(here), b"9")
     assert b"ov=" + here in payload[:200]  # the CPU plugin's header names the release that exported it
-    ModelCache(tmp_path, "openvino").write(key, payload.replace(b"ov=" + here, b"ov=" + other, 1))
-    seg = _open(engine, tmp_path)
+    ModelCache(cache, "openvino").write(key, payload.replace(b"ov=" + here, b"ov=" + other, 1))
+    seg = _open(engine, cache)
     assert _stats(seg) == (1, 0, 1)
     _same_certificate(seg.certify(phantom.image, **PARAMS), want)
-    assert _stats(_open(engine, tmp_path)) == (2, 0, 0)
+    assert _stats(_open(engine, cache)) == (2, 0, 0)
 
 
 def _read_only(folder, monkeypatch):
@@ -165,34 +181,31 @@ def _read_only(folder, monkeypatch):
         monkeypatch.setattr(tempfile, "mkstemp", refuse)
 
 
-def test_a_read_only_cache_folder_serves_its_entries_and_says_once_it_keeps_nothing(engine, phantom, tmp_path,
+def test_a_read_only_cache_folder_serves_its_entries_and_says_once_it_keeps_nothing(engine, phantom, want, cache,
                                                                                       monkeypatch, capfd):
-    want = _open(engine, False).certify(phantom.image, **PARAMS)
-    _open(engine, tmp_path)
-    entries = {p.name: p.stat().st_mtime_ns for p in _entries(tmp_path)}
+    entries = {p.name: p.stat().st_mtime_ns for p in _entries(cache)}
     capfd.readouterr()
     try:
-        _read_only(tmp_path, monkeypatch)
-        seg = _open(engine, tmp_path)
+        _read_only(cache, monkeypatch)
+        seg = _open(engine, cache)
         assert _stats(seg) == (2, 0, 0) and capfd.readouterr().err == ""
         _same_certificate(seg.certify(phantom.image, **PARAMS), want)
         for calls in ((5, 30), (2, 40)):  # other static batches: compiled here, not kept
-            seg = _open(engine, tmp_path, calls=calls)
+            seg = _open(engine, cache, calls=calls)
             assert seg.backend.cache.misses == 2
         err = capfd.readouterr().err
         assert err.count("\n") == 1 and err.startswith("note: cannot write the compiled-model cache")
         assert "--no-cache" in err
-        assert {p.name: p.stat().st_mtime_ns for p in _entries(tmp_path)} == entries
+        assert {p.name: p.stat().st_mtime_ns for p in _entries(cache)} == entries
         _same_certificate(seg.certify(phantom.image, **PARAMS), want)
     finally:
-        for f in (tmp_path / "openvino", tmp_path):
+        for f in (cache / "openvino", cache):
             f.chmod(0o755)
 
 
-def test_an_unusable_cache_location_certifies_and_says_once(engine, phantom, tmp_path, capfd):
+def test_an_unusable_cache_location_certifies_and_says_once(engine, phantom, want, tmp_path, capfd):
     """A cache path below a file cannot be created, whoever runs: the engine compiles, says so once."""
     (tmp_path / "file").write_text("not a folder")
-    want = _open(engine, False).certify(phantom.image, **PARAMS)
     capfd.readouterr()
     for _ in range(2):
         seg = _open(engine, tmp_path / "file" / "cache")
