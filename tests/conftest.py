@@ -98,8 +98,8 @@ def openvino_engines(tmp_path_factory):
     import openvino
 
     root = tmp_path_factory.mktemp("openvino")
-    r = CliRunner().invoke(main, ["build-engine", "--backend", "openvino", "--out", str(root / "fp32"),
-                                  "--batch-sizes", "1,8,32"])
+    r = CliRunner().invoke(main, ["build-engine", "--backend", "openvino", "--precision", "fp32",
+                                  "--out", str(root / "fp32"), "--batch-sizes", "1,8,32"])
     assert r.exit_code == 0, r.output
     engines = {"fp32": root / "fp32"}
     precisions = ["int8"] + (["bf16"] if "BF16" in cpu_capabilities(openvino.Core()) else [])
