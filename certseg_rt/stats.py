@@ -11,6 +11,15 @@ import numpy as np
 CORRECTIONS = ("holm", "bonferroni")
 
 
+def load_tail_functions() -> None:
+    """Import what ``upper_tail_table`` and ``certified_radius`` call (scipy.special: ~0.3 s), so that the first
+    certify does not (``CertifiedSegmenter.load`` runs it in a thread while the engine compiles)."""
+    try:
+        import scipy.special._ufuncs  # noqa: F401
+    except ImportError:  # the certify step says so, in one line, where it needs scipy
+        pass
+
+
 def _binom_sf(k: np.ndarray, n: int, p: float) -> np.ndarray:
     """P(Binom(n, p) > k) for 0 <= k < n: the ufunc ``scipy.stats.binom.sf`` calls inside the support (Boost's
     binomial), from scipy.special.  Importing scipy.stats costs ~0.5 s of a one-shot certify process and the

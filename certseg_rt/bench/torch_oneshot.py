@@ -10,10 +10,12 @@ Run by its path (not ``-m``), nothing from certseg-rt is imported: the user's ne
 ``unet.py`` would be (the bundled model's ``segmenter.json`` names it), and the DDPM from its diffusers folder.
 
     python certseg_rt/bench/torch_oneshot.py IMAGE MODEL_DIR [--samples 110] [--sigma 0.25] [--warm K]
-        [--precision bf16|fp32] [--layout channels_last|nchw]
+        [--precision bf16|fp32] [--layout channels_last|nchw] [--serve]
 
 prints one JSON line: the seconds of each stage (import, load, first pass, and the median of ``--warm`` more
-passes in the same process).  ``tests/test_cold_start.py`` checks that its labels are the torch reference's.
+passes in the same process).  ``--serve`` then times one more pass per line read from stdin, printing its
+seconds (``bench --cold`` alternates these warm passes with an engine's certifies).  ``tests/test_cold_start.py``
+checks that its labels are the torch reference's.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--layout", choices=["channels_last", "nchw"], default="channels_last")
     p.add_argument("--warm", type=int, default=0, help="passes timed after the first, in the same process")
     p.add_argument("--labels-out", default=None, help="save the first pass's labels (.npy), for the test")
+    p.add_argument("--serve", action="store_true", help="then one timed pass per line of stdin")
     a = p.parse_args(argv)
 
     import importlib.util
@@ -57,7 +60,8 @@ def main(argv: list[str]) -> dict:
     spec.loader.exec_module(network)
     segmenter = getattr(network, factory)(**config["kwargs"])
     segmenter.load_state_dict(load_file(model_dir / "segmenter.safetensors"))
-    unet = UNet2DModel.from_pretrained(model_dir / "denoiser" / "unet", local_files_only=True).float()
+    unet = UNet2DModel.from_pretrained(model_dir / "denoiser" / "unet", local_files_only=True,
+                                       low_cpu_mem_usage=False).float()
     scheduler = DDPMScheduler.from_pretrained(model_dir / "denoiser" / "scheduler", local_files_only=True)
     layout = torch.channels_last if a.layout == "channels_last" else torch.contiguous_format
     segmenter, unet = segmenter.eval().to(memory_format=layout), unet.eval().to(memory_format=layout)
@@ -66,9 +70,10 @@ def main(argv: list[str]) -> dict:
     t = int(torch.argmin(((1 - abar) / abar).sqrt().sub(2 * a.sigma).abs()))
     a_t = float(abar[t])
     prediction = scheduler.config.prediction_type
+    channels = config["input"]["channels"]
     with Image.open(a.image) as im:
-        pixels = np.asarray(im.convert("L"), np.float32) / 255.0
-    x = torch.from_numpy(pixels)[None, None].expand(1, config["input"]["channels"], *pixels.shape)
+        pixels = np.asarray(im.convert("L" if channels == 1 else "RGB"), np.float32) / 255.0
+    x = torch.from_numpy(pixels[None] if channels == 1 else np.moveaxis(pixels, -1, 0).copy())[None]
     loaded = time.perf_counter()
 
     def samples(seed: int):
@@ -97,6 +102,12 @@ def main(argv: list[str]) -> dict:
         warm.append(time.perf_counter() - start)
     if a.labels_out:
         np.save(a.labels_out, labels.to(torch.uint8).numpy())
+    if a.serve:
+        print("ready", flush=True)
+        for line in sys.stdin:
+            start = time.perf_counter()
+            samples(int(line))
+            print(time.perf_counter() - start, flush=True)
     return {"samples": a.samples, "precision": a.precision, "layout": a.layout, "threads": torch.get_num_threads(),
             "import_seconds": round(imported - START, 4), "load_seconds": round(loaded - imported, 4),
             "first_pass_seconds": round(first - loaded, 4),

@@ -45,9 +45,14 @@ def _items(value: str | None, option: str) -> list[str] | None:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="write bench.json and bench.md here")
 @click.option("--model", default="chest", show_default=True, help="bundled model name or model directory")
 @click.option("--json", "as_json", is_flag=True, help="print {machine, rows, summary, skipped} as JSON")
+@click.option("--cold", is_flag=True, help="instead: whole one-shot processes (certseg-rt certify --engine with an "
+                                           "empty and a filled compiled-model cache, certseg-run, the careful torch "
+                                           "script) and the first against a warm certify; --repeats paired rounds")
+@click.option("--certseg-run", "certseg_run", type=click.Path(path_type=Path), default=None,
+              help="with --cold: the native program's rows  [default: certseg-run on PATH]")
 @user_errors
 def bench(engine, sizes, batch_sizes, engines, references, gpu_only, repeats, quick, no_reference_loop, max_memory, out,
-          model, as_json):
+          model, as_json, cold, certseg_run):
     """Time certify on the bundled model: the published loop, torch eager (fp32/bf16 x NCHW/channels_last),
     and every engine backend (ONNX Runtime, OpenVINO); on a GPU machine also torch-cuda (eager and fused,
     fp32/fp16/bf16) and TensorRT.
@@ -61,7 +66,10 @@ def bench(engine, sizes, batch_sizes, engines, references, gpu_only, repeats, qu
       certseg-rt bench --quick --engines openvino:bf16,openvino:int8 --references torch-eager:bf16:channels_last
       certseg-rt bench --json --out certseg-out/bench
       certseg-rt bench --quick --gpu-only          # on a GPU machine: torch-cuda (and TensorRT) rows
+      certseg-rt bench --cold --certseg-run build/native/runtime/certseg-run
     """
+    if cold:
+        return _cold(engine, sizes, repeats, certseg_run, model, out, as_json)
     from ..bench import run, to_markdown
     from ..io import atomic_path, write_json
 
@@ -81,5 +89,39 @@ def bench(engine, sizes, batch_sizes, engines, references, gpu_only, repeats, qu
     if out is not None:
         write_json(Path(out) / "bench.json", result)
         with atomic_path(Path(out) / "bench.md") as tmp:
+            tmp.write_text(table)
+    click.echo(json.dumps(result, indent=2) if as_json else table)
+
+
+def _cold(engine, sizes, repeats, certseg_run, model, out, as_json) -> None:
+    """bench --cold: the one-shot rows (bench/cold.py)."""
+    from ..bench.cold import run, to_markdown
+    from ..io import atomic_path, write_json
+
+    try:
+        size_list = tuple(int(v) for v in sizes.split(","))
+    except ValueError:
+        raise CertsegError("--sizes must be comma-separated integers")
+    if repeats < 1:
+        raise CertsegError(f"--repeats {repeats} must be >= 1")
+    if certseg_run is not None:
+        import os
+
+        if not certseg_run.is_file() or not os.access(certseg_run, os.X_OK):
+            raise CertsegError(f"--certseg-run {certseg_run} is not an executable file; build the native runtime "
+                               f"(README, Embedding in C and C++)")
+    if engine is not None:
+        from ..manifest import load_manifest
+
+        m = load_manifest(engine)
+        if m["backend"] != "openvino" or (m["input"]["height"], m["input"]["width"]) != (size_list[0],) * 2:
+            raise CertsegError(f"--engine {engine} is {m['backend']} at {m['input']['height']}x{m['input']['width']}; "
+                               f"--cold takes an openvino engine for the first size, {size_list[0]}")
+    result = run(sizes=size_list, rounds=repeats, engine_dir=engine, certseg_run=certseg_run, model=model_dir(model),
+                 log=lambda m: click.echo(m, err=True))
+    table = to_markdown(result)
+    if out is not None:
+        write_json(Path(out) / "cold.json", result)
+        with atomic_path(Path(out) / "cold.md") as tmp:
             tmp.write_text(table)
     click.echo(json.dumps(result, indent=2) if as_json else table)

@@ -65,12 +65,22 @@ class CertifiedSegmenter:
         whose estimated peak memory fits ``max_memory`` (bytes, or e.g. "2G"; default: half the memory
         available now).  With an adapter (manifest field adapter: a gray image in front of an RGB denoiser)
         the backend takes the image as given and replicates it before the noise (``adapters.ReplicatedInput``)."""
+        import threading
+
+        from ..stats import load_tail_functions
         from .memory import parse_memory
 
         manifest = load_manifest(engine_dir)
         budget = None if max_memory is None else parse_memory(max_memory)
-        backend = backends.open_engine(Path(engine_dir), manifest, batch_size=batch_size, threads=threads,
-                                       provider=provider, max_memory=budget, cache_dir=cache_dir, calls=calls)
+        # The statistics' scipy import (~0.3 s) overlaps the engine's compile or cache import (native code, the
+        # GIL released), instead of falling into the first certify.
+        statistics = threading.Thread(target=load_tail_functions, daemon=True)
+        statistics.start()
+        try:
+            backend = backends.open_engine(Path(engine_dir), manifest, batch_size=batch_size, threads=threads,
+                                           provider=provider, max_memory=budget, cache_dir=cache_dir, calls=calls)
+        finally:
+            statistics.join()
         return cls(engine_dir, manifest, with_adapter(backend, adapter_from_manifest(manifest)))
 
     @property
