@@ -45,26 +45,24 @@ def test_torch_script_labels_are_the_torch_reference_s(scan, chest_dir, tmp_path
 
 @pytest.mark.slow
 def test_bench_cold_runs_end_to_end(openvino_engines, tmp_path):
+    """One paired round of every process kind, with few samples (the processes' start-up is what is exercised)."""
     from click.testing import CliRunner
 
+    from certseg_rt.bench.cold import run, to_markdown
     from certseg_rt.cli import main
 
-    r = CliRunner().invoke(main, ["bench", "--cold", "--sizes", "128", "--repeats", "1", "--engine",
-                                  str(openvino_engines["fp32"]), "--certseg-run", str(tmp_path / "missing"),
-                                  "--out", str(tmp_path / "out")])
+    r = CliRunner().invoke(main, ["bench", "--cold", "--sizes", "128", "--engine", str(openvino_engines["fp32"]),
+                                  "--certseg-run", str(tmp_path / "missing")])
     assert r.exit_code == 1 and "is not an executable file" in r.output  # refused before any work
-    r = CliRunner().invoke(main, ["bench", "--cold", "--sizes", "128", "--repeats", "1", "--engine",
-                                  str(openvino_engines["fp32"]), "--out", str(tmp_path / "out"), "--json"])
-    assert r.exit_code == 0, r.output
-    result = json.loads(r.stdout)
+    result = run(sizes=(128,), rounds=1, engine_dir=openvino_engines["fp32"], n0=2, n=6, log=lambda m: None)
     size = result["sizes"]["128x128"]
     assert size["engine"]["precision"] == "fp32"
     rows = size["oneshot"]
     assert {"certseg-rt certify, empty cache", "certseg-rt certify, cached", "torch one-shot script"} <= set(rows)
+    assert all(v["seconds_median"] > 0 for v in rows.values())
     if "certseg-run" in result["skipped"]:  # not on PATH here: its rows are left out, with the reason
         assert "certseg-run, cached" not in rows and "--certseg-run" in result["skipped"]["certseg-run"]
-    assert all(v["seconds_median"] > 0 for v in rows.values())
-    warm = size["in_process"]
+    warm = size["in_process"]  # the engine worker refuses to time a process whose engine was not cached
     assert warm["first_certify_seconds_median"] > 0 and warm["torch_warm_pass_seconds_median"] > 0
-    table = (tmp_path / "out" / "cold.md").read_text()
-    assert "| certseg-rt certify, cached |" in table and "first / warm" in table
+    table = to_markdown(result)
+    assert "| certseg-rt certify, cached |" in table and "first / warm" in table and "8 warm forward passes" in table

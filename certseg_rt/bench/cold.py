@@ -32,12 +32,13 @@ import json, sys, time
 start = time.perf_counter()
 from certseg_rt.io import read_image
 from certseg_rt.runtime.segmenter import CertifiedSegmenter
-seg = CertifiedSegmenter.load(sys.argv[1])
+n0, n = int(sys.argv[3]), int(sys.argv[4])
+seg = CertifiedSegmenter.load(sys.argv[1], calls=(n0, n))
 x = read_image(sys.argv[2], seg.channels)
 print(json.dumps({"load_seconds": time.perf_counter() - start, "cache_hits": seg.backend.cache.hits}), flush=True)
 for line in sys.stdin:
     start = time.perf_counter()
-    seg.certify(x, seed=int(line))
+    seg.certify(x, n0=n0, n=n, seed=int(line))
     print(time.perf_counter() - start, flush=True)
 """
 ONESHOT_ROWS = ("certseg-rt certify, empty cache", "certseg-rt certify, cached", "certseg-run, empty cache",
@@ -78,21 +79,24 @@ def _median(values):
 
 
 def oneshot_rounds(engine: Path, image: Path, model_dir: Path, tmp: Path, rounds: int, certseg_run: Path | None,
-                   log) -> dict:
+                   log, n0: int = 10, n: int = 100) -> dict:
     """Wall seconds of each one-shot process kind, ``rounds`` paired rounds."""
     times = {row: [] for row in ONESHOT_ROWS}
     mask = tmp / "mask.png"
+    samples = ["--n0", n0, "--n", n]
     for r in range(rounds):
         log(f"  one-shot round {r + 1}/{rounds}")
         cache = {"CERTSEG_CACHE_DIR": str(tmp / f"cache-python-{r}")}
-        command = [*certseg_rt_command(), "certify", image, "--engine", engine, "--out", mask]
+        command = [*certseg_rt_command(), "certify", image, "--engine", engine, "--out", mask, *samples]
         times["certseg-rt certify, empty cache"].append(wall(command, cache))
         times["certseg-rt certify, cached"].append(wall(command, cache))
         if certseg_run is not None:
             cache = {"CERTSEG_CACHE_DIR": str(tmp / f"cache-native-{r}")}
-            times["certseg-run, empty cache"].append(wall([certseg_run, engine, image, "--out", mask], cache))
-            times["certseg-run, cached"].append(wall([certseg_run, engine, image, "--out", mask], cache))
-        times["torch one-shot script"].append(wall([sys.executable, TORCH_SCRIPT, image, model_dir], {}))
+            command = [certseg_run, engine, image, "--out", mask, *samples]
+            times["certseg-run, empty cache"].append(wall(command, cache))
+            times["certseg-run, cached"].append(wall(command, cache))
+        times["torch one-shot script"].append(wall([sys.executable, TORCH_SCRIPT, image, model_dir, "--samples",
+                                                    n0 + n], {}))
     torch_times = times["torch one-shot script"]
     rows = {}
     for row, t in times.items():
@@ -103,12 +107,14 @@ def oneshot_rounds(engine: Path, image: Path, model_dir: Path, tmp: Path, rounds
     return rows
 
 
-def warm_rounds(engine: Path, image: Path, model_dir: Path, cache: Path, rounds: int, log) -> dict:
+def warm_rounds(engine: Path, image: Path, model_dir: Path, cache: Path, rounds: int, log, n0: int = 10,
+                n: int = 100) -> dict:
     """Per round: a fresh process opens the cached engine and certifies three times (the first, then warm),
-    alternating with warm 110-sample passes of the torch script, loaded once in its own process."""
+    alternating with warm (n0 + n)-sample passes of the torch script, loaded once in its own process."""
     env = {**os.environ, "CERTSEG_CACHE_DIR": str(cache)}
     torch = subprocess.Popen([sys.executable, str(TORCH_SCRIPT), str(image), str(model_dir), "--warm", "1",
-                              "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                              "--samples", str(n0 + n), "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
     if torch.stdout.readline().strip() != "ready":
         raise RuntimeError("the torch script did not start")
 
@@ -121,8 +127,8 @@ def warm_rounds(engine: Path, image: Path, model_dir: Path, cache: Path, rounds:
     try:
         for r in range(rounds):
             log(f"  in-process round {r + 1}/{rounds}")
-            worker = subprocess.Popen([sys.executable, "-c", ENGINE_WORKER, str(engine), str(image)], env=env,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            worker = subprocess.Popen([sys.executable, "-c", ENGINE_WORKER, str(engine), str(image), str(n0), str(n)],
+                                      env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             opened = json.loads(worker.stdout.readline())
             if opened["cache_hits"] < 2:
                 raise RuntimeError(f"the engine's compiled models were not in the cache ({opened})")
@@ -154,8 +160,9 @@ def warm_rounds(engine: Path, image: Path, model_dir: Path, cache: Path, rounds:
 
 
 def run(*, sizes=(128, 256), rounds: int = 5, engine_dir: Path | None = None, certseg_run: Path | None = None,
-        model: str = "chest", log=print) -> dict:
-    """The cold-start rows of every size (an ``--engine`` stands in for the first size's auto build)."""
+        model: str = "chest", n0: int = 10, n: int = 100, log=print) -> dict:
+    """The cold-start rows of every size (an ``--engine`` stands in for the first size's auto build); every
+    process certifies (or, torch, runs) n0 + n samples."""
     import numpy as np
 
     from ..data import HELD_OUT_SEEDS
@@ -169,7 +176,7 @@ def run(*, sizes=(128, 256), rounds: int = 5, engine_dir: Path | None = None, ce
 
     model_dir = Path(model) if Path(model).is_dir() else bundled_model_dir(model)
     program, skipped = find_certseg_run(certseg_run)
-    out = {"machine": machine(), "model": model_dir.name, "rounds": rounds, "sizes": {},
+    out = {"machine": machine(), "model": model_dir.name, "rounds": rounds, "n0": n0, "n": n, "sizes": {},
            "skipped": {"certseg-run": skipped} if skipped else {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -186,9 +193,9 @@ def run(*, sizes=(128, 256), rounds: int = 5, engine_dir: Path | None = None, ce
             rgb = (np.moveaxis(pixels, 0, -1) * 255).round().astype(np.uint8)
             write_png(image, rgb[..., 0] if rgb.shape[-1] == 1 else rgb)
             log(f"{size}x{size}: one-shot processes ({rounds} paired rounds)")
-            oneshot = oneshot_rounds(engine, image, model_dir, tmp, rounds, program, log)
+            oneshot = oneshot_rounds(engine, image, model_dir, tmp, rounds, program, log, n0, n)
             log(f"{size}x{size}: first and warm certify in a process, and warm torch passes")
-            warm = warm_rounds(engine, image, model_dir, tmp / "cache-python-0", rounds, log)
+            warm = warm_rounds(engine, image, model_dir, tmp / "cache-python-0", rounds, log, n0, n)
             out["sizes"][f"{size}x{size}"] = {
                 "engine": {"backend": manifest["backend"], "precision": manifest["precision"],
                            "precision_choice": manifest.get("precision_choice"), "dir": None if engine.parent == tmp
@@ -216,7 +223,8 @@ def to_markdown(result: dict) -> str:
         w = r["in_process"]
         lines += ["", f"In a process whose engine is cached: load {w['load_seconds_median']:.3f} s, first certify "
                       f"{w['first_certify_seconds_median']:.3f} s, warm certify {w['warm_certify_seconds_median']:.3f} s "
-                      f"(first / warm {w['first_over_warm_paired']:.3f}, paired); torch's 110 warm forward passes "
+                      f"(first / warm {w['first_over_warm_paired']:.3f}, paired); torch's {result['n0'] + result['n']} "
+                      f"warm forward passes "
                       f"{w['torch_warm_pass_seconds_median']:.3f} s = {w['torch_warm_over_warm_certify_paired']:.2f}x "
                       f"the warm certify (paired).", ""]
     for what, why in result["skipped"].items():
