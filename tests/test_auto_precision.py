@@ -24,6 +24,15 @@ def test_choose_the_fastest_that_passes_parity():
     assert "fp32 98.000%" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_close_timings_get_more_rounds():
+    from certseg_rt.export.auto_precision import too_close
+
+    times = {"fp32": [1.2, 1.3, 1.1], "bf16": [0.70, 0.72, 0.69], "int8": [0.72, 0.74, 0.71]}
+    assert too_close(times, {"fp32", "bf16", "int8"})  # 0.72 vs 0.70: within 5%
+    assert not too_close(times, {"fp32", "bf16"})  # int8 failed parity: bf16 is far ahead of fp32
+    assert not too_close({"fp32": [1.0], "int8": [0.5]}, {"fp32", "int8"}) and not too_close(times, {"bf16"})
+
+
 def _capabilities(monkeypatch, caps):
     """Stands in for the CPU plugin's capability query (this CPU's are real; the simulated one's are not)."""
     import certseg_rt.runtime.backends.openvino as runner
@@ -58,8 +67,9 @@ def test_auto_build_keeps_the_fastest_passing_candidate(tmp_path, monkeypatch):
     monkeypatch.setattr(builder, "PARITY_FLOOR", {**builder.PARITY_FLOOR, "bf16": 1.01})
     measured = []
 
-    def stand_in(engine_dirs, image, rounds=auto.ROUNDS):
+    def stand_in(engine_dirs, image, passing):
         measured.append(sorted(engine_dirs))
+        assert passing == {"fp32"}  # bf16's parity fails the raised floor
         for d in engine_dirs.values():  # each candidate is a complete engine the runtime can open
             assert json.loads((d / "manifest.json").read_text())["backend"] == "openvino"
         return {"fp32": [0.9, 1.0, 1.1], "bf16": [0.5, 0.4, 0.6]}

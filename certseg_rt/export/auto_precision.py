@@ -7,8 +7,9 @@ builder says this CPU runs natively (``native_precisions()``: OpenVINO's fp32; b
 reports native BF16; int8 where NNCF is installed).  Each is built from the one exported ONNX graph and
 parity-checked against torch fp32 with its own floor; each is then opened by the runtime as a user would open it
 and times a default certify (n0 10 + n 100, the engine's batch and threads) of a held-out phantom at the
-engine's size, warm, the candidates in turn for a few rounds (a shared machine's load falls on all of them), the
-median kept.  The fastest that passed parity is the engine; ties go to the higher precision.  The manifest's
+engine's size, warm, the candidates in turn for 3 rounds (a shared machine's load falls on all of them), 4 more
+when the two fastest that passed parity are within 5% of each other, the median kept.  The fastest that passed
+parity is the engine; ties go to the higher precision.  The manifest's
 ``precision_choice`` records every candidate's times and parity, and what was not tried and why.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from ..errors import CertsegError
 
 ROUNDS = 3  # timed certifies per candidate (after one warm-up), interleaved
+MORE_ROUNDS, CLOSE = 4, 0.05  # more rounds when the two fastest passing candidates are within 5%
 TIMING_PHANTOM = 900  # HELD_OUT_SEEDS index of the timed phantom (parity uses 500..507)
 PREFERENCE = ("fp32", "bf16", "fp16", "int8")  # ties go to the first: the closer to the model as trained
 
@@ -35,8 +37,9 @@ def choose(candidates: list[dict]) -> dict:
     return min(passing, key=lambda c: (c["seconds"], PREFERENCE.index(c["precision"])))
 
 
-def measure(engine_dirs: dict[str, Path], image, rounds: int = ROUNDS) -> dict[str, list[float]]:
-    """Seconds of a default certify of ``image`` with each engine, warm, the engines in turn each round."""
+def measure(engine_dirs: dict[str, Path], image, passing: set[str]) -> dict[str, list[float]]:
+    """Seconds of a default certify of ``image`` with each engine, warm, the engines in turn each round; more
+    rounds when the two fastest of ``passing`` are close."""
     from ..runtime.segmenter import CertifiedSegmenter
 
     # Compiled here, not from the user's cache: measuring leaves nothing behind but the engine.
@@ -44,12 +47,23 @@ def measure(engine_dirs: dict[str, Path], image, rounds: int = ROUNDS) -> dict[s
     for seg in opened.values():
         seg.certify(image)
     times = {p: [] for p in opened}
-    for _ in range(rounds):
-        for p, seg in opened.items():
-            start = time.perf_counter()
-            seg.certify(image)
-            times[p].append(time.perf_counter() - start)
+
+    def rounds(count):
+        for _ in range(count):
+            for p, seg in opened.items():
+                start = time.perf_counter()
+                seg.certify(image)
+                times[p].append(time.perf_counter() - start)
+    rounds(ROUNDS)
+    if too_close(times, passing):
+        rounds(MORE_ROUNDS)
     return times
+
+
+def too_close(times: dict[str, list[float]], passing: set[str]) -> bool:
+    """Whether the two fastest of ``passing`` (by median) are within CLOSE of each other."""
+    best = sorted(statistics.median(times[p]) for p in passing if p in times)
+    return len(best) > 1 and best[1] <= best[0] * (1 + CLOSE)
 
 
 def build_auto(make, stage: Path, graphs, *, source, sigma, batch_sizes, threads, options, log,
@@ -79,7 +93,7 @@ def build_auto(make, stage: Path, graphs, *, source, sigma, batch_sizes, threads
                            "passed": agreement >= floor})
     phantom = source.phantom(HELD_OUT_SEEDS[TIMING_PHANTOM])
     log(f"precision auto: timing a certify of each ({', '.join(native)}) on a held-out phantom")
-    times = measure({p: built[p][0] for p in native}, phantom.image)
+    times = measure({p: built[p][0] for p in native}, phantom.image, {c["precision"] for c in candidates if c["passed"]})
     for c in candidates:
         c["seconds_each"] = [round(t, 4) for t in times[c["precision"]]]
         c["seconds"] = round(statistics.median(times[c["precision"]]), 4)
@@ -101,7 +115,7 @@ def build_auto(make, stage: Path, graphs, *, source, sigma, batch_sizes, threads
         "requested": "auto", "chosen": precision,
         "timing": {"image": f"held-out {source.modality or 'phantom'} phantom (seed {HELD_OUT_SEEDS[TIMING_PHANTOM]})",
                    "size": [source.height, source.width], "n0": 10, "n": 100, "batch_size": batch_sizes[1],
-                   "threads": threads, "rounds": ROUNDS, "statistic": "median of the warm certifies, candidates "
-                                                                     "interleaved", "cpu": make.cpu_name()},
+                   "threads": threads, "rounds": len(chosen["seconds_each"]),
+                   "statistic": "median of the warm certifies, candidates interleaved", "cpu": make.cpu_name()},
         "candidates": candidates, "not_tried": not_tried}
     return precision, fields
