@@ -143,7 +143,8 @@ def runtime(native):
 
 def open_engine(lib, path, batch_size=0):
     handle = ctypes.c_void_p()
-    rc = lib.certseg_engine_open(str(path).encode(), ctypes.byref(OpenOptions(0, batch_size, None, 0, 0)), ctypes.byref(handle))
+    options = OpenOptions(0, batch_size, None, 0, 0)  # the default cache folder (the session's), n0 10 and n 100
+    rc = lib.certseg_engine_open(str(path).encode(), ctypes.byref(options), ctypes.byref(handle))
     return rc, handle
 
 

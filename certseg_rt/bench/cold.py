@@ -222,7 +222,8 @@ def to_markdown(result: dict) -> str:
             lines.append(f"| {row} | {v['seconds_median']:.3f} | {v['torch_over_this_paired']:.2f}x |")
         w = r["in_process"]
         lines += ["", f"In a process whose engine is cached: load {w['load_seconds_median']:.3f} s, first certify "
-                      f"{w['first_certify_seconds_median']:.3f} s, warm certify {w['warm_certify_seconds_median']:.3f} s "
+                      f"{w['first_certify_seconds_median']:.3f} s, warm certify "
+                      f"{w['warm_certify_seconds_median']:.3f} s "
                       f"(first / warm {w['first_over_warm_paired']:.3f}, paired); torch's {result['n0'] + result['n']} "
                       f"warm forward passes "
                       f"{w['torch_warm_pass_seconds_median']:.3f} s = {w['torch_warm_over_warm_certify_paired']:.2f}x "

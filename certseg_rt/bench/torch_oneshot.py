@@ -6,8 +6,8 @@ and run them through the one-step denoiser and the segmenter **in one batch**, a
 layout (bf16 autocast and channels_last here), and count the votes.  It does less than ``certseg-rt certify``
 (no statistics, no certificate, no mask written, torch's own noise), so the comparison is lenient to torch.
 
-Run by its path (not ``-m``), nothing from certseg-rt is imported: the user's network is loaded from its source file, as a user's own
-``unet.py`` would be (the bundled model's ``segmenter.json`` names it), and the DDPM from its diffusers folder.
+Run by its path (not ``-m``), nothing from certseg-rt is imported: the user's network is loaded from its source
+file, as a user's own ``unet.py`` would be (the bundled model's ``segmenter.json`` names it), and the DDPM from its diffusers folder.
 
     python certseg_rt/bench/torch_oneshot.py IMAGE MODEL_DIR [--samples 110] [--sigma 0.25] [--warm K]
         [--precision bf16|fp32] [--layout channels_last|nchw] [--serve]

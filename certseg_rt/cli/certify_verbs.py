@@ -38,8 +38,8 @@ from .group import main
               help="write the certified mask here (PNG: class index per pixel, 255 = abstain)")
 @click.option("--json", "as_json", is_flag=True, help="print the certificate as JSON")
 @user_errors
-def certify(image, model, engine, sigma, tau, alpha, n0, n, seed, batch_size, correction, threads, max_memory, cache_dir,
-            no_cache, out, as_json):
+def certify(image, model, engine, sigma, tau, alpha, n0, n, seed, batch_size, correction, threads, max_memory,
+            cache_dir, no_cache, out, as_json):
     """Certify one image: per-pixel labels that provably hold within an L2 radius.
 
     \b

@@ -93,7 +93,8 @@ def build_auto(make, stage: Path, graphs, *, source, sigma, batch_sizes, threads
                            "passed": agreement >= floor})
     phantom = source.phantom(HELD_OUT_SEEDS[TIMING_PHANTOM])
     log(f"precision auto: timing a certify of each ({', '.join(native)}) on a held-out phantom")
-    times = measure({p: built[p][0] for p in native}, phantom.image, {c["precision"] for c in candidates if c["passed"]})
+    passing = {c["precision"] for c in candidates if c["passed"]}
+    times = measure({p: built[p][0] for p in native}, phantom.image, passing)
     for c in candidates:
         c["seconds_each"] = [round(t, 4) for t in times[c["precision"]]]
         c["seconds"] = round(statistics.median(times[c["precision"]]), 4)

@@ -176,7 +176,8 @@ class OpenVinoBackend(GraphBackend):
     def prepare(self, calls) -> None:
         """Compile (or import from the cache) the static batch of each call of ``calls`` samples now, so that
         the certify that makes them compiles nothing; a model that cannot compile fails here."""
-        if not calls or any(isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1 for num in calls):
+        if not calls or any(isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1
+                            for num in calls):
             raise CertsegError(f"calls={calls!r}: give the sample counts of the certify calls to prepare for, "
                                f"integers >= 1 (e.g. (n0, n))")
         sizes = [self.batch_size if self.fixed_batch else self.call_batch(num) for num in calls]
