@@ -32,8 +32,8 @@ import json, sys, time
 start = time.perf_counter()
 from certseg_rt.io import read_image
 from certseg_rt.runtime.segmenter import CertifiedSegmenter
-n0, n = int(sys.argv[3]), int(sys.argv[4])
-seg = CertifiedSegmenter.load(sys.argv[1], calls=(n0, n))
+n0, n, threads = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]) or None
+seg = CertifiedSegmenter.load(sys.argv[1], calls=(n0, n), threads=threads)
 x = read_image(sys.argv[2], seg.channels)
 print(json.dumps({"load_seconds": time.perf_counter() - start, "cache_hits": seg.backend.cache.hits}), flush=True)
 for line in sys.stdin:
@@ -79,11 +79,11 @@ def _median(values):
 
 
 def oneshot_rounds(engine: Path, image: Path, model_dir: Path, tmp: Path, rounds: int, certseg_run: Path | None,
-                   log, n0: int = 10, n: int = 100) -> dict:
+                   log, n0: int = 10, n: int = 100, threads: int | None = None) -> dict:
     """Wall seconds of each one-shot process kind, ``rounds`` paired rounds."""
     times = {row: [] for row in ONESHOT_ROWS}
     mask = tmp / "mask.png"
-    samples = ["--n0", n0, "--n", n]
+    samples = ["--n0", n0, "--n", n] + (["--threads", threads] if threads else [])
     for r in range(rounds):
         log(f"  one-shot round {r + 1}/{rounds}")
         cache = {"CERTSEG_CACHE_DIR": str(tmp / f"cache-python-{r}")}
@@ -96,7 +96,7 @@ def oneshot_rounds(engine: Path, image: Path, model_dir: Path, tmp: Path, rounds
             times["certseg-run, empty cache"].append(wall(command, cache))
             times["certseg-run, cached"].append(wall(command, cache))
         times["torch one-shot script"].append(wall([sys.executable, TORCH_SCRIPT, image, model_dir, "--samples",
-                                                    n0 + n], {}))
+                                                    n0 + n] + (["--threads", threads] if threads else []), {}))
     torch_times = times["torch one-shot script"]
     rows = {}
     for row, t in times.items():
@@ -108,13 +108,13 @@ def oneshot_rounds(engine: Path, image: Path, model_dir: Path, tmp: Path, rounds
 
 
 def warm_rounds(engine: Path, image: Path, model_dir: Path, cache: Path, rounds: int, log, n0: int = 10,
-                n: int = 100) -> dict:
+                n: int = 100, threads: int | None = None) -> dict:
     """Per round: a fresh process opens the cached engine and certifies three times (the first, then warm),
     alternating with warm (n0 + n)-sample passes of the torch script, loaded once in its own process."""
     env = {**os.environ, "CERTSEG_CACHE_DIR": str(cache)}
     torch = subprocess.Popen([sys.executable, str(TORCH_SCRIPT), str(image), str(model_dir), "--warm", "1",
-                              "--samples", str(n0 + n), "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             text=True)
+                              "--samples", str(n0 + n), "--serve", *(["--threads", str(threads)] if threads else [])],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     if torch.stdout.readline().strip() != "ready":
         raise RuntimeError("the torch script did not start")
 
@@ -127,8 +127,9 @@ def warm_rounds(engine: Path, image: Path, model_dir: Path, cache: Path, rounds:
     try:
         for r in range(rounds):
             log(f"  in-process round {r + 1}/{rounds}")
-            worker = subprocess.Popen([sys.executable, "-c", ENGINE_WORKER, str(engine), str(image), str(n0), str(n)],
-                                      env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            worker = subprocess.Popen([sys.executable, "-c", ENGINE_WORKER, str(engine), str(image), str(n0), str(n),
+                                       str(threads or 0)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True)
             opened = json.loads(worker.stdout.readline())
             if opened["cache_hits"] < 2:
                 raise RuntimeError(f"the engine's compiled models were not in the cache ({opened})")
@@ -160,9 +161,9 @@ def warm_rounds(engine: Path, image: Path, model_dir: Path, cache: Path, rounds:
 
 
 def run(*, sizes=(128, 256), rounds: int = 5, engine_dir: Path | None = None, certseg_run: Path | None = None,
-        model: str = "chest", n0: int = 10, n: int = 100, log=print) -> dict:
+        model: str = "chest", n0: int = 10, n: int = 100, threads: int | None = None, log=print) -> dict:
     """The cold-start rows of every size (an ``--engine`` stands in for the first size's auto build); every
-    process certifies (or, torch, runs) n0 + n samples."""
+    process certifies (or, torch, runs) n0 + n samples, on ``threads`` threads (default: each library's own)."""
     import numpy as np
 
     from ..data import HELD_OUT_SEEDS
@@ -176,7 +177,8 @@ def run(*, sizes=(128, 256), rounds: int = 5, engine_dir: Path | None = None, ce
 
     model_dir = Path(model) if Path(model).is_dir() else bundled_model_dir(model)
     program, skipped = find_certseg_run(certseg_run)
-    out = {"machine": machine(), "model": model_dir.name, "rounds": rounds, "n0": n0, "n": n, "sizes": {},
+    out = {"machine": machine(), "model": model_dir.name, "rounds": rounds, "n0": n0, "n": n, "threads": threads,
+           "sizes": {},
            "skipped": {"certseg-run": skipped} if skipped else {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -193,9 +195,9 @@ def run(*, sizes=(128, 256), rounds: int = 5, engine_dir: Path | None = None, ce
             rgb = (np.moveaxis(pixels, 0, -1) * 255).round().astype(np.uint8)
             write_png(image, rgb[..., 0] if rgb.shape[-1] == 1 else rgb)
             log(f"{size}x{size}: one-shot processes ({rounds} paired rounds)")
-            oneshot = oneshot_rounds(engine, image, model_dir, tmp, rounds, program, log, n0, n)
+            oneshot = oneshot_rounds(engine, image, model_dir, tmp, rounds, program, log, n0, n, threads)
             log(f"{size}x{size}: first and warm certify in a process, and warm torch passes")
-            warm = warm_rounds(engine, image, model_dir, tmp / "cache-python-0", rounds, log, n0, n)
+            warm = warm_rounds(engine, image, model_dir, tmp / "cache-python-0", rounds, log, n0, n, threads)
             out["sizes"][f"{size}x{size}"] = {
                 "engine": {"backend": manifest["backend"], "precision": manifest["precision"],
                            "precision_choice": manifest.get("precision_choice"), "dir": None if engine.parent == tmp
@@ -206,8 +208,9 @@ def run(*, sizes=(128, 256), rounds: int = 5, engine_dir: Path | None = None, ce
 
 def to_markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"Cold start, model {result['model']}: {m['cpu']}, {m['cores']} cores; {result['rounds']} paired rounds "
-             f"(medians; ratios are the medians of the per-round ratios).", ""]
+    threads = f", {result['threads']} thread(s) each" if result.get("threads") else ""
+    lines = [f"Cold start, model {result['model']}: {m['cpu']}, {m['cores']} cores{threads}; {result['rounds']} paired "
+             f"rounds (medians; ratios are the medians of the per-round ratios).", ""]
     for size, r in result["sizes"].items():
         e = r["engine"]
         choice = e.get("precision_choice")

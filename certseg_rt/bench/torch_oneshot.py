@@ -38,6 +38,7 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--warm", type=int, default=0, help="passes timed after the first, in the same process")
     p.add_argument("--labels-out", default=None, help="save the first pass's labels (.npy), for the test")
     p.add_argument("--serve", action="store_true", help="then one timed pass per line of stdin")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads [default: torch's, all cores]")
     a = p.parse_args(argv)
 
     import importlib.util
@@ -50,6 +51,8 @@ def main(argv: list[str]) -> dict:
     from PIL import Image
     from safetensors.torch import load_file
     imported = time.perf_counter()
+    if a.threads:
+        torch.set_num_threads(a.threads)
 
     model_dir = Path(a.model_dir)
     config = json.loads((model_dir / "segmenter.json").read_text())
