@@ -178,7 +178,7 @@ def run(*, sizes=(128, 256), rounds: int = 5, engine_dir: Path | None = None, ce
     model_dir = Path(model) if Path(model).is_dir() else bundled_model_dir(model)
     program, skipped = find_certseg_run(certseg_run)
     out = {"machine": machine(), "model": model_dir.name, "rounds": rounds, "n0": n0, "n": n, "threads": threads,
-           "sizes": {},
+           "sizes": {}, "load_average": {"start": [round(v, 2) for v in os.getloadavg()]},
            "skipped": {"certseg-run": skipped} if skipped else {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -203,6 +203,7 @@ def run(*, sizes=(128, 256), rounds: int = 5, engine_dir: Path | None = None, ce
                            "precision_choice": manifest.get("precision_choice"), "dir": None if engine.parent == tmp
                            else str(engine)},
                 "oneshot": oneshot, "in_process": warm}
+    out["load_average"]["end"] = [round(v, 2) for v in os.getloadavg()]
     return out
 
 
@@ -210,7 +211,8 @@ def to_markdown(result: dict) -> str:
     m = result["machine"]
     threads = f", {result['threads']} thread(s) each" if result.get("threads") else ""
     lines = [f"Cold start, model {result['model']}: {m['cpu']}, {m['cores']} cores{threads}; {result['rounds']} paired "
-             f"rounds (medians; ratios are the medians of the per-round ratios).", ""]
+             f"rounds (medians; ratios are the medians of the per-round ratios); load average (1, 5, 15 min) "
+             f"{result['load_average']['start']} at the start, {result['load_average'].get('end')} at the end.", ""]
     for size, r in result["sizes"].items():
         e = r["engine"]
         choice = e.get("precision_choice")
