@@ -36,7 +36,8 @@ def test_packed_noise_is_each_images_own_stream(seed, nxt, end, rows):
 def test_packed_noise_refuses_sample_indices_past_2_64_and_bad_shapes():
     x = _images(2)
     with pytest.raises(ValueError, match="below 2\\^64"):
-        ext.fill_noisy_packed(x, 0.25, np.array([0, 2**64 - 3, 2**64 - 1], np.uint64), np.empty((8, 2, 5, 7), np.float32))
+        ext.fill_noisy_packed(x, 0.25, np.array([0, 2**64 - 3, 2**64 - 1], np.uint64),
+                              np.empty((8, 2, 5, 7), np.float32))
     with pytest.raises(ValueError, match="multiple of x's images"):
         ext.fill_noisy_packed(x, 0.25, np.zeros(3, np.uint64), np.empty((5, 2, 5, 7), np.float32))
     with pytest.raises(ValueError, match=r"counter must have shape \(3,\)"):
