@@ -350,7 +350,7 @@ def test_compiled_fused_form_records_its_compile_and_parity_and_counts_as_uncomp
     """compile_backend "eager": dynamo traces and guards the model (the batch dimension dynamic), no code generation:
     inductor takes ~30 s to compile even a tiny model on this CPU, so its own code is tested on a GPU (-m gpu)."""
     monkeypatch.setenv("CERTSEG_CACHE_DIR", str(tmp_path))
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/an-inherited-default")  # overridden: restored afterwards
     dev = HostStandIn()
     backend = _backend(ToyLabels(), device=dev, compile="compiled", compile_backend="eager")
     backend.compile_and_check(_noisy_inputs(image))
@@ -358,10 +358,12 @@ def test_compiled_fused_form_records_its_compile_and_parity_and_counts_as_uncomp
     assert backend.record["backend"] == "torch-cuda:fused:compiled"
     assert rec["variant"] == "compiled" and rec["mode"] == "default" and rec["backend"] == "eager"
     assert rec["seconds"] > 0 and rec["parity"]["label_agreement"] == 1.0 and rec["parity"]["floor"] == 0.999
+    assert rec["seconds_per_size"] == {f"{SIZE}x{SIZE}": rec["seconds"]} and rec["recompiles"] == 0
     assert np.array_equal(backend.sample_counts(image, 19, 3, 4), _backend(ToyLabels()).sample_counts(image, 19, 3, 4))
-    from certseg_rt.runtime.backends.torch_compile import cache_dir
+    assert (tmp_path / "inductor").is_dir()
+    import os
 
-    assert cache_dir() == tmp_path / "inductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
 
 
 def test_compile_failure_and_poor_parity_are_one_line(image, monkeypatch):

@@ -253,3 +253,39 @@ def test_packing_pads_the_last_group_of_a_data_set_to_one_batch_size(monkeypatch
     Packer.calls = []
     assert len(list(for_each_image(todo[:1], Packer(), {"n0": 3, "n": 5, "seed": 1}, lambda s, b: images[s.name]))) == 1
     assert Packer.calls == [(1, 3, 0), (1, 5, 3)]  # one group, nothing to match: not padded
+
+
+# ---- the GPU check, rehearsed here ------------------------------------------------------------------------------
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible: the bench would run, not refuse")
+def test_gpu_check_dry_run_lists_its_steps_and_its_bench_commands_parse(tmp_path):
+    """The dry run (with stand-in wheel files) lists every step and 7 result files; each bench command it would run
+    parses here and gets as far as the one-line refusal of a machine without a GPU (so a typo in a row name cannot
+    first show on the GPU)."""
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from certseg_rt.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    for line in (repo / "benchmarks" / "gpu_wheels.txt").read_text().splitlines():
+        req = line.split("#")[0].strip()
+        if req:
+            name, version = req.split("==")
+            (tmp_path / f"{name.replace('-', '_')}-{version}-py3-none-any.whl").write_bytes(b"stand-in")
+    r = subprocess.run(["bash", str(repo / "benchmarks" / "gpu_check.sh"), "--dry-run"], capture_output=True,
+                       text=True, env={"PATH": "/usr/bin:/bin", "WHEELS": str(tmp_path)}, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "7 files: summary.txt, log.txt" in r.stdout and "missing" not in r.stdout
+    assert "pytest -m gpu" in r.stdout and "tests/test_torch_cuda_gpu.py" in r.stdout
+    commands = [line.split("-m certseg_rt.cli ", 1)[1] for line in r.stdout.splitlines() if "-m certseg_rt.cli " in line]
+    assert len(commands) == 2 and "--n0 100 --n 1000" in commands[1] and "--throughput 64" in commands[0]
+    assert "torch-cuda-fused:fp16:compiled" in commands[0] and "torch-cuda-careful:bf16:channels_last" in commands[0]
+    for command in commands:
+        args = shlex.split(command)
+        args[args.index("--out") + 1] = str(tmp_path / "out")
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and "--gpu-only, but this machine has no GPU rows" in result.output, result.output

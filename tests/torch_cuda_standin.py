@@ -57,7 +57,7 @@ class HostStandIn:
     def fill_noisy_packed(self, x, sigma, counter, out):
         assert out.is_contiguous() and x.is_contiguous() and out.shape[1:] == x.shape[1:]
         if self.oom_above is not None and out.shape[0] > self.oom_above:
-            raise torch.OutOfMemoryError(f"stand-in: a batch of {out.shape[0]} does not fit")
+            raise torch.cuda.OutOfMemoryError(f"stand-in: a batch of {out.shape[0]} does not fit")
         self.fills.append((int(counter[1]), x.shape[0], out.shape[0] // x.shape[0]))
         self.ext.fill_noisy_packed(x.numpy(), sigma, counter.numpy(), out.numpy())
         if self.keep_noise and not self.capturing:

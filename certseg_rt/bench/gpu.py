@@ -62,9 +62,9 @@ def add_gpu_fractions(rows: list[dict]) -> None:
     limits = {(r["image_size"], r["n0"], r["n"], r["precision"]): r["forward_ms_per_sample"]
               for r in sorted(rows, key=lambda r: not r.get("variant")) if r.get("forward_ms_per_sample")}
     for r in rows:
-        if not r.get("device"):
+        if not r.get("gpu"):
             continue
-        peak = gpu_peak(r["device"], r["precision"])
+        peak = gpu_peak(r.get("device"), r["precision"])
         r["peak"] = f"{r['precision']} {peak} TFLOP/s" if peak else None
         r["fraction_of_peak"] = round(r["gflops_per_second"] / (peak * 1000), 4) if peak else None
         forward = limits.get((r["image_size"], r["n0"], r["n"], r["precision"]))
@@ -174,8 +174,11 @@ def gpu_extras(backend, spec: dict) -> dict:
     record = getattr(backend, "record", {})
     out = {k: record[k] for k in ("max_batch", "packed_images", "noise", "capture_seconds") if k in record}
     compiled = record.get("compiled")
-    if compiled:
-        out["compile_seconds"] = compiled.get("seconds")
+    if compiled:  # every image size's compile in this process (at open and for the row's size), never timed
+        per_size = compiled.get("seconds_per_size") or {}
+        out["compile_seconds"] = round(sum(per_size.values()) + (compiled.get("recompile_seconds") or 0), 2) \
+            if per_size else compiled.get("seconds")
+        out["compile_seconds_per_size"] = per_size
         out["compile_cache"] = compiled.get("cache")
         out["compiled_parity"] = (compiled.get("parity") or {}).get("label_agreement")
     forward = getattr(backend, "forward_seconds_per_sample", None)

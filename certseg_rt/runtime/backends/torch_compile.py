@@ -9,10 +9,11 @@ the noise and vote kernels; inductor's "reduce-overhead" graphs would nest in it
   (fusion; convolutions stay cuDNN's), ``compiled-autotune`` is ``max-autotune-no-cudagraphs`` (also benchmarks
   Triton templates per convolution shape: minutes of compiling per image size, so the GPU check runs
   ``compiled`` only).
-* **One compile per image size and precision**: the batch dimension is marked dynamic before the first call at a
-  size, so the call batches of a certify (10 and 100 samples) and of packed images share one graph; height and
-  width stay static (dynamo's automatic dynamic shapes are off for these calls, so a second image size compiles
-  its own static kernels rather than one graph of symbolic sizes).
+* **One compile per image size and precision** (and batch range): the batch dimension is marked dynamic at every
+  call, so the call batches of a certify (10 and 100 samples) and of packed images share a graph (the
+  convolutions' backend choice can guard a range of batches: a batch past it compiles once more, still general
+  in the batch); height and width stay static (dynamo's automatic dynamic shapes are off for these calls, so a
+  second image size compiles its own static kernels rather than one graph of symbolic sizes).
 * **On-disk cache**: inductor's FX-graph, AOT-autograd and autotuning caches in ``cache_dir()`` (a folder per user,
   ``CERTSEG_CACHE_DIR`` overrides it), so a second process loads compiled kernels instead of compiling; the record
   says how many graphs came from the cache.
@@ -50,8 +51,11 @@ def cache_dir() -> Path:
 
 
 def use_cache() -> Path:
-    """Point inductor at cache_dir() (unless the user set TORCHINDUCTOR_CACHE_DIR) with its persistent caches on."""
-    folder = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir())))
+    """Point inductor at cache_dir() with its persistent caches on.  Always set: importing torch._inductor sets
+    TORCHINDUCTOR_CACHE_DIR to its /tmp default, and a child process inherits that, so an inherited value says
+    nothing of what the user wants (CERTSEG_CACHE_DIR does)."""
+    folder = cache_dir()
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)  # inductor reads it at each use
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -59,8 +63,9 @@ def use_cache() -> Path:
                            f"writable folder")
     import torch._inductor.config as inductor
 
-    inductor.fx_graph_cache = True
-    inductor.autotune_local_cache = True
+    for flag in ("fx_graph_cache", "autotune_local_cache"):  # on by default in recent torch; named since 2.4
+        if hasattr(inductor, flag):
+            setattr(inductor, flag, True)
     return folder
 
 
@@ -82,6 +87,13 @@ def _cache_counts() -> dict[str, int]:
             "misses": int(counters["inductor"]["fxgraph_cache_miss"])}
 
 
+def graphs_so_far() -> int:
+    """Graphs dynamo has compiled in this process (a recompile adds one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 class CompiledModel:
     """A module compiled by torch.compile, called like the module; ``warm`` compiles it (timed, once)."""
 
@@ -92,30 +104,42 @@ class CompiledModel:
         check_compiler(device_type, backend)
         self.variant, self.mode = variant, VARIANTS[variant]
         self.backend = backend if isinstance(backend, str) else getattr(backend, "__name__", "custom")
-        self.cache = use_cache() if backend == "inductor" else None
+        self.cache = use_cache()
         options = {"mode": self.mode} if backend == "inductor" else {}
         self.fn = torch.compile(model, backend=backend, dynamic=None, **options)
         self.seconds: float | None = None  # the first compile (at open)
         self.seconds_per_size: dict[str, float] = {}  # each image size's compile
         self.cache_counts: dict[str, int] = {"hits": 0, "misses": 0}
+        self.recompile_seconds = 0.0  # compiles found later (a batch range, in a capture's warm-up)
+        self.recompiles = 0
+
+    def note_recompiles(self, graphs_before: int, seconds: float) -> None:
+        """A capture (or run) that compiled again: its time is compile time, not certify time."""
+        new = graphs_so_far() - graphs_before
+        if new > 0:
+            self.recompiles += new
+            self.recompile_seconds += seconds
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         import torch._dynamo.config as dynamo
 
+        # Batch dynamic on every call: a recompile (the convolutions' backend choice can guard a batch range) stays
+        # general in the batch; height and width stay static.
+        torch._dynamo.maybe_mark_dynamic(x, 0)
         with dynamo.patch(automatic_dynamic_shapes=False):
             return self.fn(x)
 
-    def warm(self, run: Callable[[torch.Tensor], object], example: torch.Tensor) -> float:
-        """Compile for example's image size by a first call run(example) (the batch dimension dynamic), timed apart;
-        one line if it fails.  A size compiled before is a guard check, not a compile."""
-        size = "x".join(map(str, example.shape[-2:]))
+    def warm(self, run: Callable[[torch.Tensor], object], *examples: torch.Tensor) -> float:
+        """Compile for the examples' image size by first calls run(example) (the batch dimension dynamic), timed
+        apart; one line if it fails.  A size compiled before is a guard check, not a compile."""
+        size = "x".join(map(str, examples[0].shape[-2:]))
         if size in self.seconds_per_size:
             return 0.0
         before = _cache_counts()
-        torch._dynamo.maybe_mark_dynamic(example, 0)
         start = time.perf_counter()
         try:
-            run(example)
+            for example in examples:
+                run(example)
         except CertsegError:
             raise
         except Exception as e:  # noqa: BLE001 - inductor raises many kinds (BackendCompilerFailed, TritonMissing, ...)
@@ -135,7 +159,8 @@ class CompiledModel:
         return {"variant": self.variant, "mode": self.mode, "backend": self.backend, "torch": torch.__version__,
                 "seconds": None if self.seconds is None else round(self.seconds, 2),
                 "seconds_per_size": dict(self.seconds_per_size),
-                "cache_dir": None if self.cache is None else str(self.cache),
+                "recompiles": self.recompiles, "recompile_seconds": round(self.recompile_seconds, 2),
+                "cache_dir": str(self.cache),
                 "cache": {"graphs_loaded": self.cache_counts.get("hits", 0),
                           "graphs_compiled": self.cache_counts.get("misses", 0)}}
 

@@ -18,7 +18,9 @@ memory budget (``fit_device_batch``: --max-memory applies to device memory; defa
 last padded; every sample of a call runs at one batch size (reduced precision's labels can depend on it).
 One graph per (images, rows per image), at most ``MAX_GRAPHS`` per image shape; an out-of-memory halves the
 batch and tries again.  Noise is the project's keyed Philox, so counts equal the eager form's at the same
-batch sizes, device and precision.
+batch sizes, device and precision.  Packed images (``exact_packing``): at fp32 each image's rows go through the
+model on their own inside the graph (the batch it runs at alone: packing never changes a fp32 label), at
+fp16/bf16 the whole batch at once.
 
 ``eager``, the weak PyTorch GPU baseline, kept to compare with the earlier measurements: the generic host loop
 (``GraphBackend.sample_counts``, batch 16 by default, static per call): Philox noise on the host, each batch copied
@@ -42,7 +44,7 @@ import torch
 
 from ...errors import CertsegError, InputError
 from ..sampling import GraphBackend, check_input, equal_batches
-from .torch_compile import PARITY_SAMPLES, VARIANTS, CompiledModel, check_parity, label_agreement
+from .torch_compile import PARITY_SAMPLES, VARIANTS, CompiledModel, check_parity, graphs_so_far, label_agreement
 from .torch_cuda_device import (
     MAX_DEVICE_BATCH,
     WARMUP_STEPS,  # noqa: F401  (the stand-in in the tests mirrors it)
@@ -140,8 +142,10 @@ class TorchCudaBackend(GraphBackend):
         self._counter_host = self.gpu.pinned(torch.zeros((3,), dtype=torch.int64))
         self._shape = shape
         self.record["max_batch"] = self.batch_size
-        if isinstance(self.net, CompiledModel):  # this size's compile, timed apart from any certify
-            self.net.warm(self._run_model, torch.zeros((4, *shape), dtype=torch.float32, device=dev))
+        if self.compiled:  # this size's compile, timed apart from any certify: a small and a
+            # larger batch, as the convolutions' backend choice can guard a batch range (then two graphs)
+            self.net.warm(self._run_model, *(torch.zeros((b, *shape), dtype=torch.float32, device=dev)
+                                             for b in sorted({min(4, self.batch_size), min(64, self.batch_size)})))
             if self.record["compiled"] is not None:
                 self.record["compiled"].update(self.net.describe())
 
@@ -182,18 +186,27 @@ class TorchCudaBackend(GraphBackend):
             return None
         while len(self._graphs) >= MAX_GRAPHS:
             self._graphs.popitem(last=False)
-        start = time.perf_counter()
+        start, graphs = time.perf_counter(), graphs_so_far() if self.compiled else 0
         try:
             self._graphs[key] = self.gpu.capture(functools.partial(self._step, images, rows))
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             raise
         except (RuntimeError, CertsegError) as e:  # a model torch cannot capture: run it uncaptured, say so
             self.cuda_graph = False
             self.record["cuda_graph"] = f"unavailable ({str(e).splitlines()[0][:160]})"
             return None
+        seconds = time.perf_counter() - start
         self.captures += 1
-        self.record["capture_seconds"] = round(self.record.get("capture_seconds", 0) + time.perf_counter() - start, 3)
+        self.record["capture_seconds"] = round(self.record.get("capture_seconds", 0) + seconds, 3)
+        if self.compiled:  # a batch range compiled in the warm-up: compile time, recorded as such
+            self.net.note_recompiles(graphs, seconds)
+            if self.record["compiled"] is not None:
+                self.record["compiled"].update(self.net.describe())
         return self._graphs[key][0]
+
+    @property
+    def compiled(self) -> bool:
+        return isinstance(self.net, CompiledModel)
 
     # ---- fused: calls -------------------------------------------------------------------------------------------
     def sample_counts(self, x: np.ndarray, num: int, seed: int, offset: int) -> np.ndarray:
@@ -225,7 +238,7 @@ class TorchCudaBackend(GraphBackend):
         while True:
             try:
                 return self._packed_counts(xs, num, seed, offset)
-            except torch.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError:
                 if self.batch_size == 1:
                     raise CertsegError("the GPU ran out of memory at a batch of one sample; free the GPU or lower "
                                        "--max-memory for other processes")
@@ -278,7 +291,9 @@ class TorchCudaBackend(GraphBackend):
     def compile_and_check(self, x: np.ndarray) -> None:
         """Compile on the noisy inputs x (N, C, H, W), timed apart, and check the compiled model's labels on them
         against the uncompiled model in IEEE fp32 (one line below the floor)."""
-        self.net.warm(self._run_model, torch.from_numpy(x).to(self.gpu.device))
+        inputs = torch.from_numpy(x).to(self.gpu.device)
+        self.net.warm(self._run_model, inputs, torch.zeros((64, *x.shape[1:]), dtype=torch.float32,
+                                                           device=self.gpu.device))  # as _prepare warms a size
         reference = functools.partial(self._run_model, net=self.model, precision="fp32")
         agreement = label_agreement(reference, self._run_model, x, self.gpu.device)
         self.record["compiled"] = {**self.net.describe(), "parity": check_parity(agreement, self.precision,

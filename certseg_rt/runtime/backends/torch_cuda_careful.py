@@ -19,6 +19,8 @@ partition), the counts kept per image.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -79,8 +81,8 @@ class TorchCudaCarefulBackend(GraphBackend):
                        "torch": torch.__version__, "tf32": False, "cudnn_benchmark": True, "noise": NOISE,
                        "batch_rule": BATCH_RULE}
 
-    def _run_model(self, noisy: torch.Tensor) -> torch.Tensor:
-        with model_precision(self.gpu.type, self.precision, benchmark=True):
+    def _run_model(self, noisy: torch.Tensor, *, benchmark: bool = True) -> torch.Tensor:
+        with model_precision(self.gpu.type, self.precision, benchmark=benchmark):
             return self.model(noisy.contiguous(memory_format=self.memory_format))
 
     def _prepare(self, shape: tuple[int, int, int]) -> None:
@@ -88,7 +90,9 @@ class TorchCudaCarefulBackend(GraphBackend):
             return
         io = 8 * int(np.prod(shape)) + 2 * shape[1] * shape[2]  # noise and noisy rows (float32), labels, a mask
         budget = memory_budget(self.gpu, self.max_memory)
-        self.batch_size, _ = fit_device_batch(self.gpu, self._run_model, shape, budget, self.requested_batch, io)
+        # probed without cuDNN's autotuner, whose trial workspaces would count as the model's memory
+        probe = functools.partial(self._run_model, benchmark=False)
+        self.batch_size, _ = fit_device_batch(self.gpu, probe, shape, budget, self.requested_batch, io)
         self._shape = shape
         self.record["max_batch"] = self.batch_size
 
@@ -113,7 +117,7 @@ class TorchCudaCarefulBackend(GraphBackend):
         while True:
             try:
                 return self._counts(xs, num, seed, offset)
-            except torch.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError:
                 if self.batch_size == 1:
                     raise CertsegError("the GPU ran out of memory at a batch of one sample; free the GPU")
                 self.gpu.release()
