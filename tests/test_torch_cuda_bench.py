@@ -90,7 +90,7 @@ def test_gpu_rows_run_in_one_process_per_size_without_a_sweep_and_feed_the_throu
         ("torch-cuda-eager", "fp32", None), ("torch-cuda-careful", "fp16", None), ("torch-cuda-fused", "fp16", None),
         ("torch-cuda-fused", "fp16", "compiled")]
     assert all(s["kind"] == "throughput" and s["images"] == 64 for s in through)
-    assert [s["n"] for s in large] == [1000] * 7 and large[0]["repeats"] == 1
+    assert [s["n"] for s in large] == [1000] * 7 and large[0]["repeats"] == 3  # GPU rows: repeats at every n
     rows = {(suite.row_name(r), r["kind"], r["n"]): r for r in result["rows"]}
     fused = rows[("torch-cuda-fused:fp16:compiled", "reference", 100)]
     assert fused["peak"] == "fp16 989.5 TFLOP/s" and fused["fraction_of_peak"] == round(1000 / 989500, 4)

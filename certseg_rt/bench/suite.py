@@ -219,7 +219,8 @@ def run(*, sizes=(128, 256), ns=(100,), batch_sizes=(8, 16, 32), engines: list[s
                     results.append(row_in_subprocess({**spec, "batch_size": best_batch[key]}))
                     _report(on_rows, mach, model, results, skipped)
                 report = lambda: _report(on_rows, mach, model, results, skipped)  # noqa: E731
-                gpu_specs = [{**base, **spec, "batch_size": None} for spec in specs if spec.get("gpu")]
+                # GPU rows: the device plan decides the batch; repeats at every n (a GPU certify at n = 1000 is short)
+                gpu_specs = [{**base, **spec, "batch_size": None, "repeats": repeats} for spec in specs if spec.get("gpu")]
                 _gpu_rows(gpu_specs, f"{size}x{size} n={n}", results, skipped, log, report)
                 if throughput and gpu_specs and n == ns[0]:
                     _gpu_rows(throughput_specs(results, base, throughput), f"throughput {size}x{size} n={n}", results,
