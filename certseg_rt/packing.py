@@ -3,9 +3,9 @@
 A runner that packs (``can_pack``: torch-cuda fused and careful) offers ``sample_counts_many(xs, num, seed,
 offset)``, each image's counts exactly what ``sample_counts`` gives it alone (its own noise stream: seed, sample
 index), and ``pack_size(shape, num)``, how many images' ``num`` samples fit one batch.  Images are certified in
-groups of that size (taken for the larger call, n); a last, smaller group is padded with copies of its last image
-whose counts are dropped, so every sample of a data set runs at one batch size (reduced precision's labels can
-depend on it; the record gives the batch and the images per batch).  Images are independent: packing changes
+the fewest equal groups of at most that size (taken for the larger call, n); a last, smaller group is padded with
+copies of its last image whose counts are dropped, so every sample of a data set runs at one batch size (reduced
+precision's labels can depend on it; the record gives the batch and the images per batch).  Images are independent: packing changes
 where their samples run, never which samples they get.
 
 * ``certify_many``: the certificates of several images (the throughput rows), one at a time where a runner
@@ -22,6 +22,7 @@ import numpy as np
 
 from .certify import Certificate, certify
 from .errors import CertsegError
+from .runtime.sampling import equal_batches
 
 
 def packs(backend) -> bool:
@@ -53,11 +54,18 @@ class Precounted:
         return getattr(backend, name)
 
 
+def group_size(backend, shape, num: int, count: int) -> int:
+    """Images per group for `count` images of `shape`: the fewest equal groups of at most pack_size, so the last
+    one is padded by fewer images than there are groups (the static-per-call rule, applied to images)."""
+    return equal_batches(count, backend.pack_size(tuple(shape), num))[0]
+
+
 def _groups(backend, images: list[np.ndarray], num: int) -> Iterator[tuple[list[np.ndarray], int]]:
-    """(group, real): consecutive images of one shape, at most pack_size of them, padded to that size."""
-    i = 0
+    """(group, real): consecutive images of one shape, at most group_size of them, padded to that size."""
+    i, sizes = 0, {}  # shape -> group size, fixed at the first group of that shape
     while i < len(images):
-        size = backend.pack_size(np.asarray(images[i]).shape, num)
+        shape = np.asarray(images[i]).shape
+        size = sizes.setdefault(shape, group_size(backend, shape, num, len(images) - i))
         group = [images[i]]
         while len(group) < size and i + len(group) < len(images) and \
                 np.asarray(images[i + len(group)]).shape == np.asarray(images[i]).shape:
@@ -113,12 +121,13 @@ def for_each_image(todo, backend, params: dict, model_input=evaluate_input) -> I
             yield sample, backend
         return
     n0, n, seed = params["n0"], params["n"], params["seed"]
-    pending, several = list(todo), False
+    pending, several, sizes = list(todo), False, {}  # sizes: shape -> group size, fixed at its first group
     while pending:
         head = pending.pop(0)
         try:
             first = model_input(head, backend)
-            size = backend.pack_size(np.asarray(first).shape, max(n0, n))
+            shape = np.asarray(first).shape
+            size = sizes.setdefault(shape, group_size(backend, shape, max(n0, n), len(pending) + 1))
         except (CertsegError, ValueError, OSError):
             yield head, backend
             continue

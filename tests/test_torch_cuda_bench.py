@@ -289,3 +289,17 @@ def test_gpu_check_dry_run_lists_its_steps_and_its_bench_commands_parse(tmp_path
         args[args.index("--out") + 1] = str(tmp_path / "out")
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 1 and "--gpu-only, but this machine has no GPU rows" in result.output, result.output
+
+
+def test_groups_are_the_fewest_equal_ones_and_keep_their_size():
+    from certseg_rt.packing import _groups
+
+    class Packer:
+        def pack_size(self, shape, num):
+            return 4
+
+    images = [np.full((1, 2, 2), i, np.float32) for i in range(10)]
+    groups = list(_groups(Packer(), images, 5))
+    # 10 images, at most 4 per batch: 3 groups of 4 (not 4, 4, 2), the last padded by two copies of image 9
+    assert [(len(g), real) for g, real in groups] == [(4, 4), (4, 4), (4, 2)]
+    assert [float(x[0, 0, 0]) for x in groups[-1][0]] == [8.0, 9.0, 9.0, 9.0]
