@@ -101,7 +101,7 @@ def test_gpu_rows_run_in_one_process_per_size_without_a_sweep_and_feed_the_throu
     s = result["summary"]["128x128 n=100"]
     assert s["fastest_project_gpu"] == "torch-cuda-fused:fp16:compiled" and s["fastest_careful"] == \
         "torch-cuda-careful:fp16:nchw"
-    assert s["speedup_vs_fastest_careful"] == 3.0 and s["goal"]["met"] and s["torch_fp32"] == \
+    assert s["speedup_vs_fastest_careful"] == 3.0 and s["gpu_goal"]["met"] and s["gpu_torch_fp32"] == \
         "torch-cuda-careful:fp32:nchw"
     assert s["goal_seconds_128"]["met"] and s["speedup_vs_weak_eager_fp32"] == 40.0
     assert s["torch_cuda_fused_speedup_vs_eager"] == {"fp32": 8.0}
@@ -303,3 +303,22 @@ def test_groups_are_the_fewest_equal_ones_and_keep_their_size():
     # 10 images, at most 4 per batch: 3 groups of 4 (not 4, 4, 2), the last padded by two copies of image 9
     assert [(len(g), real) for g, real in groups] == [(4, 4), (4, 4), (4, 2)]
     assert [float(x[0, 0, 0]) for x in groups[-1][0]] == [8.0, 9.0, 9.0, 9.0]
+
+
+def test_a_run_with_cpu_and_gpu_rows_keeps_the_two_comparisons_apart(monkeypatch):
+    suite, calls = _fake_bench(monkeypatch)
+    result = suite.run(sizes=(128,), ns=(100,), batch_sizes=(16,), engines=["onnxruntime:fp32"],
+                       references=["torch-eager:fp32", "torch-cuda-careful:fp32", "torch-cuda-fused:fp16"],
+                       reference_loop=False, throughput=0, log=lambda m: None)
+    assert [s["backend"] for s in calls["cpu"]] == ["torch-eager", "onnxruntime"]  # one process each, as before
+    assert [s["backend"] for s in calls["gpu"][0]] == ["torch-cuda-careful", "torch-cuda-fused"]
+    s = result["summary"]["128x128 n=100"]
+    assert s["fastest"] == "onnxruntime:fp32" and s["fastest_torch"] == "torch-eager:fp32:nchw"  # CPU against CPU
+    assert s["goal"]["speedup"] == 1.4 and s["gpu_goal"]["speedup"] == 1.5
+    assert s["speedup_vs_fastest_careful"] == 2.4 and s["gpu_torch_fp32"] == "torch-cuda-careful:fp32:nchw"
+    from certseg_rt.bench import to_markdown
+
+    table = to_markdown(result)
+    assert "| onnxruntime | fp32 | - | 128x128 |" in table and "| torch-cuda-fused:fp16:nchw | 128x128 |" in table
+    assert ("- 128x128 n=100: fastest CPU path onnxruntime:fp32 1.500 s" in table
+            and "; GPU: torch-cuda-fused:fp16:nchw 0.0050 s, 2.4x the fastest careful torch-cuda row" in table)

@@ -75,7 +75,8 @@ def add_gpu_fractions(rows: list[dict]) -> None:
 
 def summarize_gpu(rows: list[dict]) -> dict:
     """Per size and n (GPU rows only): the project's fastest GPU row against the fastest careful row (the goal), the
-    weak eager row, fused over eager per precision, throughput rows.  Never against CPU rows."""
+    weak eager row, fused over eager per precision, throughput rows.  Never against CPU rows; its keys never
+    collide with the CPU summary's (the two share an entry where a run has both)."""
     latency = [r for r in rows if r.get("kind") != "throughput"]
     if not latency:
         return {}
@@ -96,12 +97,12 @@ def summarize_gpu(rows: list[dict]) -> dict:
         entry.update({"fastest_careful": row_label(careful), "careful_seconds": careful["seconds_median"],
                       "speedup_vs_fastest_careful": round(careful["seconds_median"] / project["seconds_median"], 2)})
         if fp32 is not None and project.get("certified_dice") is not None and fp32.get("certified_dice") is not None:
-            entry["dice_points_vs_torch_fp32"] = round(100 * (project["certified_dice"] - fp32["certified_dice"]), 2)
-            entry["torch_fp32"] = row_label(fp32)
-        if "dice_points_vs_torch_fp32" in entry:
-            entry["goal"] = {"speedup": GOAL_SPEEDUP, "dice_points": GOAL_DICE_POINTS,
+            entry["gpu_dice_points_vs_torch_fp32"] = round(100 * (project["certified_dice"] - fp32["certified_dice"]), 2)
+            entry["gpu_torch_fp32"] = row_label(fp32)
+        if "gpu_dice_points_vs_torch_fp32" in entry:
+            entry["gpu_goal"] = {"speedup": GOAL_SPEEDUP, "dice_points": GOAL_DICE_POINTS,
                              "met": entry["speedup_vs_fastest_careful"] >= GOAL_SPEEDUP
-                             and abs(entry["dice_points_vs_torch_fp32"]) <= GOAL_DICE_POINTS}
+                             and abs(entry["gpu_dice_points_vs_torch_fp32"]) <= GOAL_DICE_POINTS}
     if project is not None and best["image_size"] == 128 and best["n0"] + best["n"] == 110:
         entry["goal_seconds_128"] = {"seconds": GOAL_SECONDS_128, "met": project["seconds_median"] <= GOAL_SECONDS_128}
     eager = {r["precision"]: r for r in latency if r["backend"] == WEAK}
@@ -130,11 +131,12 @@ def gpu_summary(v: dict) -> str:
                 f"the fastest careful torch-cuda row ({v['fastest_careful']} {v['careful_seconds']:.4f} s)")
     elif "fastest_project_gpu" in v:
         text = f"GPU: {v['fastest_project_gpu']} {v['project_seconds']:.4f} s"
-    if "dice_points_vs_torch_fp32" in v:
-        text += f" ({v['dice_points_vs_torch_fp32']:+.2f} Dice points vs {v['torch_fp32']})"
-    if "goal" in v:
-        text += (f" [goal {v['goal']['speedup']}x with Dice within {v['goal']['dice_points']} points: "
-                 f"{'met' if v['goal']['met'] else 'missed'}]")
+    if "gpu_dice_points_vs_torch_fp32" in v:
+        text += f" ({v['gpu_dice_points_vs_torch_fp32']:+.2f} Dice points vs {v['gpu_torch_fp32']})"
+    if "gpu_goal" in v:
+        goal = v["gpu_goal"]
+        text += (f" [goal {goal['speedup']}x with Dice within {goal['dice_points']} points: "
+                 f"{'met' if goal['met'] else 'missed'}]")
     if "goal_seconds_128" in v:
         text += (f" [goal <= {v['goal_seconds_128']['seconds'] * 1000:.0f} ms: "
                  f"{'met' if v['goal_seconds_128']['met'] else 'missed'}]")

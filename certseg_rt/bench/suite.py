@@ -193,8 +193,10 @@ def run(*, sizes=(128, 256), ns=(100,), batch_sizes=(8, 16, 32), engines: list[s
                              precision=precision, batch_sizes=(1, 16, max(batch_sizes)), log=lambda m: None)
                 built[(backend, precision)] = path
             specs = [_reference_spec(row, on_gpu(row[0])) for row in torch_rows]
-            specs += [{"kind": "engine", "backend": b, "precision": p, "engine": str(path),
-                       **({"gpu": True} if on_gpu(b) else {})} for (b, p), path in built.items()]
+            # engine rows (TensorRT on a GPU included) keep a process of their own and the batch sweep: an engine's
+            # batch is its build's range; the torch-cuda reference rows plan their own batches on the device
+            specs += [{"kind": "engine", "backend": b, "precision": p, "engine": str(path)}
+                      for (b, p), path in built.items()]
             for n in ns:
                 base = {"image_size": size, "n0": n0, "n": n, "gflop_per_sample": gflop, "model": str(model),
                         "modality": modality, "repeats": repeats if n <= 100 else 1, "max_memory": max_memory}
