@@ -280,7 +280,8 @@ def test_careful_packs_images_with_their_own_counts(image):
 def test_record_names_device_precision_form_batches_and_model(chest_dir, image):
     from certseg_rt.certify import certify
 
-    backend = open_model(chest_dir, SIGMA, batch_size=8, precision="bf16", form="fused", device=HostStandIn())
+    backend = open_model(chest_dir, SIGMA, batch_size=8, precision="bf16", form="fused",
+                         device=HostStandIn(warmup_steps=0))
     rec = backend.record
     assert rec["backend"] == "torch-cuda:fused" and rec["form"] == "fused" and rec["precision"] == "bf16"
     assert rec["device"] == "stand-in (no GPU)" and rec["compute_capability"] == "0.0" and rec["tf32"] is False

@@ -181,7 +181,7 @@ def test_a_gpu_row_through_the_registry_with_the_device_stood_in_for(monkeypatch
     """The row as its process runs it, CudaDevice stood in for (no GPU here), on tiny images."""
     from certseg_rt.bench.rows import run_row
 
-    monkeypatch.setattr(torch_cuda, "CudaDevice", lambda kernels=True: HostStandIn())
+    monkeypatch.setattr(torch_cuda, "CudaDevice", lambda kernels=True: HostStandIn(warmup_steps=0))
     row = run_row({"kind": kind, "backend": "torch-cuda-fused", "precision": "fp32", "layout": "nchw",
                    "image_size": 16, "n0": 2, "n": 6, "repeats": 1, "batch_size": None, "model": str(chest_dir),
                    "modality": "chest", "gflop_per_sample": 1.0, "dice": False, "gpu": True, "images": 3})
@@ -202,10 +202,12 @@ def test_evaluate_on_a_gpu_runner_packs_images_and_gets_each_images_record(monke
     from certseg_rt.cli import main
 
     devices = []
-    monkeypatch.setattr(torch_cuda, "CudaDevice", lambda kernels=True: devices.append(HostStandIn()) or devices[-1])
+    monkeypatch.setattr(torch_cuda, "CudaDevice",
+                        lambda kernels=True: devices.append(HostStandIn(warmup_steps=0)) or devices[-1])
     runner = CliRunner()
     assert runner.invoke(main, ["make-phantoms", str(tmp_path / "data"), "--count", "2", "--size", "32"]).exit_code == 0
-    args = ["evaluate", str(tmp_path / "data"), "--n0", "1", "--n", "3", "--reference", "torch-cuda-fused"]
+    args = ["evaluate", str(tmp_path / "data"), "--n0", "1", "--n", "3", "--reference", "torch-cuda-fused", "--model",
+            "chest-plain-0.25", "--no-denoiser"]  # the segmenter alone: a quick model for the CLI path
     r = runner.invoke(main, [*args, "--out", str(tmp_path / "packed")])
     assert r.exit_code == 0, r.output
     assert devices[-1].captured == [(2, 1), (2, 3)]  # the two images' samples in one batch per call
@@ -213,7 +215,7 @@ def test_evaluate_on_a_gpu_runner_packs_images_and_gets_each_images_record(monke
     r = runner.invoke(main, [*args, "--out", str(tmp_path / "alone")])
     assert r.exit_code == 0, r.output
     assert devices[-1].captured == [(1, 1), (1, 3)]
-    folder = "records/denoised@torch-cuda-fused/sigma_0.25"
+    folder = "records/plain@torch-cuda-fused/sigma_0.25"
     for name in ("chest_10000000", "chest_10000001"):
         packed = json.loads((tmp_path / "packed" / folder / f"{name}.json").read_text())
         alone = json.loads((tmp_path / "alone" / folder / f"{name}.json").read_text())
@@ -221,7 +223,8 @@ def test_evaluate_on_a_gpu_runner_packs_images_and_gets_each_images_record(monke
         assert packed == alone and packed["backend"] == "torch-cuda:fused"
     r = runner.invoke(main, [*args, "--out", str(tmp_path / "x"), "--engine", str(tmp_path)])
     assert r.exit_code == 1 and "--reference runs --model here" in r.output
-    r = runner.invoke(main, [*args[:-1], "torch-cuda-fused:int8", "--out", str(tmp_path / "y")])
+    bad = [a if a != "torch-cuda-fused" else "torch-cuda-fused:int8" for a in args]
+    r = runner.invoke(main, [*bad, "--out", str(tmp_path / "y")])
     assert r.exit_code == 1 and "reference 'torch-cuda-fused:int8'" in r.output and "Traceback" not in r.output
 
 
