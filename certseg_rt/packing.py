@@ -5,8 +5,8 @@ offset)``, each image's counts exactly what ``sample_counts`` gives it alone (it
 index), and ``pack_size(shape, num)``, how many images' ``num`` samples fit one batch.  Images are certified in
 the fewest equal groups of at most that size (taken for the larger call, n); a last, smaller group is padded with
 copies of its last image whose counts are dropped, so every sample of a data set runs at one batch size (reduced
-precision's labels can depend on it; the record gives the batch and the images per batch).  Images are independent: packing changes
-where their samples run, never which samples they get.
+precision's labels can depend on it; the record gives the batch and the images per batch).  Images are
+independent: packing changes where their samples run, never which samples they get.
 
 * ``certify_many``: the certificates of several images (the throughput rows), one at a time where a runner
   does not pack;

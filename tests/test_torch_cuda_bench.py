@@ -284,7 +284,8 @@ def test_gpu_check_dry_run_lists_its_steps_and_its_bench_commands_parse(tmp_path
     assert r.returncode == 0, r.stdout + r.stderr
     assert "7 files: summary.txt, log.txt" in r.stdout and "missing" not in r.stdout
     assert "pytest -m gpu" in r.stdout and "tests/test_torch_cuda_gpu.py" in r.stdout
-    commands = [line.split("-m certseg_rt.cli ", 1)[1] for line in r.stdout.splitlines() if "-m certseg_rt.cli " in line]
+    commands = [line.split("-m certseg_rt.cli ", 1)[1] for line in r.stdout.splitlines()
+                if "-m certseg_rt.cli " in line]
     assert len(commands) == 2 and "--n0 100 --n 1000" in commands[1] and "--throughput 64" in commands[0]
     assert "torch-cuda-fused:fp16:compiled" in commands[0] and "torch-cuda-careful:bf16:channels_last" in commands[0]
     for command in commands:

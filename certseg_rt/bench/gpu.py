@@ -97,7 +97,8 @@ def summarize_gpu(rows: list[dict]) -> dict:
         entry.update({"fastest_careful": row_label(careful), "careful_seconds": careful["seconds_median"],
                       "speedup_vs_fastest_careful": round(careful["seconds_median"] / project["seconds_median"], 2)})
         if fp32 is not None and project.get("certified_dice") is not None and fp32.get("certified_dice") is not None:
-            entry["gpu_dice_points_vs_torch_fp32"] = round(100 * (project["certified_dice"] - fp32["certified_dice"]), 2)
+            points = 100 * (project["certified_dice"] - fp32["certified_dice"])
+            entry["gpu_dice_points_vs_torch_fp32"] = round(points, 2)
             entry["gpu_torch_fp32"] = row_label(fp32)
         if "gpu_dice_points_vs_torch_fp32" in entry:
             entry["gpu_goal"] = {"speedup": GOAL_SPEEDUP, "dice_points": GOAL_DICE_POINTS,
