@@ -150,6 +150,12 @@ class ReplicatedInput:
     def sample_counts(self, x: np.ndarray, num: int, seed: int, offset: int) -> np.ndarray:
         return self.backend.sample_counts(self.adapter.image(x), num, seed, offset)
 
+    def sample_counts_many(self, xs, num: int, seed: int, offset: int):  # a packing backend (packing.py)
+        return self.backend.sample_counts_many([self.adapter.image(x) for x in xs], num, seed, offset)
+
+    def pack_size(self, shape, num: int) -> int:
+        return self.backend.pack_size((self.adapter.channels, *tuple(shape)[-2:]), num)
+
     @property
     def progress(self):
         return self.backend.progress

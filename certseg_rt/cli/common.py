@@ -132,8 +132,9 @@ def check_batch_size(batch_size: int | None) -> None:
 
 
 def open_backend(model: str, engine: Path | None, sigma: float | None, batch_size: int | None, denoiser: bool = True,
-                 threads: int | None = None, max_memory: int | None = None):
-    """(backend, classes) for the torch reference (a model) or a built engine directory."""
+                 threads: int | None = None, max_memory: int | None = None, reference: str | None = None):
+    """(backend, classes) for a reference runner on a model (default: the CPU torch reference; `reference` is
+    RUNNER[:PRECISION[:LAYOUT|VARIANT]], e.g. torch-cuda-fused:fp16) or a built engine directory."""
     check_batch_size(batch_size)
     if threads is not None and threads < 1:
         raise CertsegError(f"--threads {threads} must be >= 1 (omit it for the default)")
@@ -143,10 +144,13 @@ def open_backend(model: str, engine: Path | None, sigma: float | None, batch_siz
         seg = CertifiedSegmenter.load(engine, batch_size=batch_size, threads=threads, max_memory=max_memory)
         seg._check_sigma(sigma)
         return seg.backend, seg.classes
-    from ..runtime.backends import open_model
+    from ..runtime.backends import REFERENCES, open_model, parse_reference
 
-    backend = open_model(model_dir(model), DEFAULTS["sigma"] if sigma is None else sigma,
-                         batch_size=batch_size or REFERENCE_BATCH, denoiser=denoiser, threads=threads, max_memory=max_memory)
+    name, precision, layout, variant = parse_reference(reference or "torch-eager")
+    default_batch = None if REFERENCES[name].gpu else REFERENCE_BATCH  # on a GPU the device memory decides
+    backend = open_model(model_dir(model), DEFAULTS["sigma"] if sigma is None else sigma, name=name,
+                         precision=precision, layout=layout, variant=variant, batch_size=batch_size or default_batch,
+                         denoiser=denoiser, threads=threads, max_memory=max_memory)
     return backend, backend.source.classes
 
 

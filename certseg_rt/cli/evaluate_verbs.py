@@ -64,6 +64,10 @@ def make_phantoms(dataset_dir, count, size, first_seed, modality):
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="results folder (resumable)")
 @click.option("--model", default="chest", show_default=True, help="bundled model name or model directory")
 @click.option("--engine", type=click.Path(path_type=Path), default=None, help="evaluate this engine directory")
+@click.option("--reference", default=None, metavar="RUNNER[:PRECISION[:LAYOUT|VARIANT]]",
+              help="the runner of --model: torch-eager (default, CPU), or on a GPU torch-cuda-fused[:fp16[:compiled]], "
+                   "torch-cuda-careful[:bf16[:channels_last]], torch-cuda-eager; GPU runners pack several images' "
+                   "samples into one batch")
 @click.option("--sigma", "sigmas", default=None, help="comma-separated noise levels [default: 0.25, or the engine's]")
 @click.option("--no-denoiser", is_flag=True, help="plain randomized smoothing: the segmenter sees the noisy image")
 @click.option("--tau", type=float, default=DEFAULTS["tau"], show_default=True)
@@ -82,8 +86,8 @@ def make_phantoms(dataset_dir, count, size, first_seed, modality):
 @click.option("--ray-workers", type=int, default=None, help="with --ray: number of workers [default: fill the cluster]")
 @runtime_options
 @user_errors
-def evaluate(dataset_dir, out, model, engine, sigmas, no_denoiser, tau, alpha, n0, n, seed, batch_size, correction,
-             config_name, ray_address, ray_cpus, ray_workers, threads, max_memory):
+def evaluate(dataset_dir, out, model, engine, reference, sigmas, no_denoiser, tau, alpha, n0, n, seed, batch_size,
+             correction, config_name, ray_address, ray_cpus, ray_workers, threads, max_memory):
     """Certified Dice / IoU, abstain rate and radius over a dataset folder; CSV + JSON + PNG plots.
 
     Abstained pixels count as false negatives of their true class and never as false positives.
@@ -95,6 +99,7 @@ def evaluate(dataset_dir, out, model, engine, sigmas, no_denoiser, tau, alpha, n
       certseg-rt make-phantoms data/phantoms --count 20
       certseg-rt evaluate data/phantoms --sigma 0.25,0.5 --out results/
       certseg-rt evaluate data/phantoms --ray HEAD:6379 --engine engines/chest --out results/
+      certseg-rt evaluate data/phantoms --reference torch-cuda-fused:fp16 --out results/   # on a GPU
     """
     from ..evaluate import list_dataset, record_path, write_tables
     from ..io import overlay, read_image, write_json
@@ -114,11 +119,14 @@ def evaluate(dataset_dir, out, model, engine, sigmas, no_denoiser, tau, alpha, n
         raise CertsegError("--ray-cpus must be > 0 and --ray-workers >= 1")
     if ray_address is not None and threads is not None:
         raise CertsegError("with --ray each worker runs --ray-cpus threads; omit --threads")
+    if reference is not None and (engine is not None or ray_address is not None):
+        raise CertsegError("--reference runs --model here; it does not combine with --engine or --ray")
     budget = memory_budget(max_memory)
     samples = list_dataset(dataset_dir)
     check_writable(out)
     config = config_name or (f"engine:{Path(engine).name}" if engine else
-                             ("plain" if no_denoiser else "denoised"))
+                             ("plain" if no_denoiser else "denoised")
+                             + (f"@{reference.replace(':', '-')}" if reference else ""))
     params = {"n0": n0, "n": n, "tau": tau, "alpha": alpha, "seed": seed, "correction": correction}
     records, failures, tiles = [], [], []
     # On a cluster the engine or model is checked here, before Ray starts (the workers open it).
@@ -129,7 +137,7 @@ def evaluate(dataset_dir, out, model, engine, sigmas, no_denoiser, tau, alpha, n
             for k, sg in enumerate(sigma_list):
                 if ray is None:
                     backend, classes = open_backend(model, engine, sg, batch_size, denoiser=not no_denoiser,
-                                                    threads=threads, max_memory=budget)
+                                                    threads=threads, max_memory=budget, reference=reference)
                     sigma, channels = backend.sigma, backend.channels
                 else:
                     target = targets[k]
@@ -203,10 +211,13 @@ def _evaluate_here(todo, backend, clean_fn, classes, sigma, params):
     """The images evaluated in this process, one outcome each (as distributed.evaluate_on_ray yields them)."""
     from ..distributed import Outcome
     from ..evaluate import evaluate_sample
+    from ..packing import for_each_image
 
-    for i, sample in enumerate(todo):
+    # GPU runners pack several images' samples into one batch (packing.py); others get each sample as it is.
+    for i, (sample, image_backend) in enumerate(for_each_image(todo, backend, params)):
         try:
-            rec = evaluate_sample(sample, backend, clean_fn, classes, sigma=sigma, **params)
+            rec = evaluate_sample(sample, image_backend, clean_fn, classes, sigma=sigma, **params)
+            rec["seconds"] = round(rec["seconds"] + getattr(image_backend, "sampling_seconds", 0.0), 4)
         except (CertsegError, ValueError) as e:
             yield Outcome(i, reason=str(e).splitlines()[0] if str(e) else type(e).__name__)
             continue

@@ -55,6 +55,13 @@ def check_engine_size(x, height: int, width: int, build_options: str = "") -> No
                            f"--image-size {x.shape[-2]}`")
 
 
+def equal_batches(num: int, cap: int) -> tuple[int, int]:
+    """(batch, count): the fewest batches of at most `cap` samples that hold `num`, all of one size (the last one
+    padded): the static-per-call policy of every batching runner (OpenVINO, torch-cuda, the native runtime)."""
+    count = -(-num // cap)
+    return -(-num // count), count
+
+
 class GraphBackend:
     """Base for backends that only run a graph: subclasses implement ``infer`` (and set the attributes).
 
@@ -100,8 +107,7 @@ class GraphBackend:
 
     def call_batch(self, num: int) -> int:
         """The batch size every sample of a call of `num` samples runs at (static_batch backends)."""
-        batches = -(-num // self.batch_size)
-        return -(-num // batches)
+        return equal_batches(num, self.batch_size)[0]
 
     def sample_counts(self, x: np.ndarray, num: int, seed: int, offset: int) -> np.ndarray:
         x = check_input(x, self.channels, self.size_multiple)
