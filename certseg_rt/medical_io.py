@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .io import check_image_size
+from .limits import check_image_size
 
 # Lower case; no suffix here ends another one, so `name.lower().endswith(...)` is unambiguous.
 MEDICAL_SUFFIXES = (".nii", ".nii.gz", ".dcm")

@@ -167,7 +167,7 @@ def load_source(model_dir: Path, *, segmenter: str | None = None, weights: Path 
             raise CertsegError(f"image size {source.height}x{source.width} must be a multiple of {m} for this model "
                                f"(its segmenter's and denoiser's downsampling); choose --image-size "
                                f"{-(-source.height // m) * m}x{-(-source.width // m) * m}")
-    from ..io import check_image_size
+    from ..limits import check_image_size
 
     check_image_size(source.height, source.width, what="--image-size", fix="choose a smaller --image-size")
     if source.unet is not None:

@@ -12,7 +12,7 @@ import numpy as np
 from .. import kernels
 from .._ext_loader import ext
 from ..errors import CertsegError, InputError
-from ..io import check_image_size
+from ..limits import check_image_size
 
 # The compiled kernels (cpp_ext/) when this install has them; the numpy reference otherwise.  Both
 # produce the same numbers (tests/test_ext_kernels.py), so which one ran never changes a certificate.
