@@ -72,7 +72,8 @@ class Volume:
 
 
 def is_volume_path(path) -> bool:
-    """A folder (a DICOM series), an NRRD file, or a NIfTI file whose header has more than one slice."""
+    """A folder (a DICOM series), an NRRD file, or a NIfTI file whose header has more than one slice (or that
+    cannot be read as NIfTI: the volume reader's refusal then says why)."""
     path = Path(path)
     if path.is_dir():
         return True
@@ -83,7 +84,7 @@ def is_volume_path(path) -> bool:
         from .nifti import nifti_shape
 
         shape = nifti_shape(path)
-        return shape is not None and any(d != 1 for d in shape[2:])
+        return shape is None or any(d != 1 for d in shape[2:])
     return False
 
 
