@@ -92,7 +92,7 @@ def _module_from_file(path: Path):
     key = (str(resolved), stat.st_mtime_ns, stat.st_size)
     if key in _FILE_MODULES:
         return _FILE_MODULES[key]
-    name = f"certseg_rt_user.{resolved.stem}_{hashlib.sha256(str(resolved).encode()).hexdigest()[:10]}"
+    name = f"certseg_rt_user_{resolved.stem}_{hashlib.sha256(str(resolved).encode()).hexdigest()[:10]}"
     spec = importlib.util.spec_from_file_location(name, resolved)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses, pickling and torch.export look classes up by their module
@@ -110,8 +110,8 @@ def _module_from_file(path: Path):
     except Exception as e:  # noqa: BLE001 - the user's file failed while running its top level
         del sys.modules[name]
         raise CertsegError(f"running {path} failed ({type(e).__name__}: {_first_line(e)}); fix the file")
-    finally:
-        sys.path.remove(str(resolved.parent))
+    finally:  # the entry appended above (the last one with that folder: the user's own stays where it was)
+        del sys.path[len(sys.path) - 1 - sys.path[::-1].index(str(resolved.parent))]
     _FILE_MODULES[key] = module
     return module
 
