@@ -1,8 +1,9 @@
-"""NIfTI (.nii, .nii.gz) and DICOM (.dcm) images and label masks, for `certify` and `evaluate`.
+"""NIfTI (.nii, .nii.gz) and DICOM (.dcm) 2-D images and label masks, for `certify` and `evaluate`.
 
-certseg-rt certifies 2-D images, so a file must hold one slice: a 2-D NIfTI image or a volume with a
-single slice, a single-frame DICOM.  nibabel and pydicom are optional (the extras ``nifti`` and
-``dicom``) and imported only when such a file is read.
+Here a file holds one slice: a 2-D NIfTI image or a volume with a single slice, a single-frame DICOM.
+Volumes (NIfTI of several slices, NRRD, DICOM series) are read with their geometry by
+``certseg_rt.volumes``, which takes its file helpers from here.  nibabel and pydicom are optional (the
+extras ``nifti`` and ``dicom``) and imported only when such a file is read.
 
 Images come back in modality units (e.g. Hounsfield units for CT); `to_unit_range` maps them to the
 [0, 1] the models take.  Masks (`read_label_volume`) are integer class indices and are never rescaled.
@@ -56,7 +57,8 @@ def read_nifti(path) -> np.ndarray:
         raise InputError(f"{path} has shape {shape}; expected a 2-D image (a NIfTI of shape (X, Y) or (X, Y, 1))")
     if any(d != 1 for d in shape[2:]):
         index = ", ".join([":", ":", "k"] + ["0"] * (len(shape) - 3))
-        raise InputError(f"{path} is a volume of shape {shape}; certseg-rt certifies 2-D images: save one slice k, "
+        raise InputError(f"{path} is a volume of shape {shape}, and this reads 2-D images: certify it whole "
+                         f"(certseg-rt certify {path.name}; certseg_rt.volumes.open_volume) or save one slice k, "
                          f"e.g. with nibabel: img = nibabel.load(path); nibabel.save(nibabel.Nifti1Image("
                          f"img.dataobj[{index}], img.affine), 'slice_k.nii.gz')")
     # Checked on the header, before the voxels are decoded.  NIfTI's first axis is x (columns).
