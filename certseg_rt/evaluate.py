@@ -110,11 +110,12 @@ def evaluate_sample(sample: Sample, backend, clean_fn, classes, *, sigma, n0, n,
     than the model's input is resized to it and the labels mapped back (resize.py); the radius is the
     model's, `radius_at_input_resolution` what it means for the original image.  A volume is certified whole
     (evaluate_volume.py; `window`: its intensity window, None for its min-max)."""
+    params = {"n0": n0, "n": n, "tau": tau, "alpha": alpha, "seed": seed, "correction": correction,
+              **({"window": list(window)} if window is not None else {})}
     if is_volume_path(sample.image):
         from .evaluate_volume import evaluate_volume_sample
 
-        return evaluate_volume_sample(sample, backend, clean_fn, classes, sigma=sigma, n0=n0, n=n, tau=tau,
-                                      alpha=alpha, seed=seed, correction=correction, window=window)
+        return evaluate_volume_sample(sample, backend, clean_fn, classes, sigma, params)
     image = read_image(sample.image, backend.channels)
     if sample.mask is None:
         raise InputError(f"no mask for {sample.image.name} in masks/")
@@ -124,24 +125,27 @@ def evaluate_sample(sample: Sample, backend, clean_fn, classes, *, sigma, n0, n,
     clean = fit.labels_back(clean_fn(x))
     cert = certify(backend, x, n0=n0, n=n, tau=tau, alpha=alpha, seed=seed, correction=correction)
     labels = fit.labels_back(cert.labels)
+    return {**scores(sample.name, labels, clean, mask, classes, cert, fit, sigma, params),
+            "_labels": labels}  # for the overlay grid; not written to JSON
+
+
+def scores(name: str, labels, clean, mask, classes, cert, fit, sigma, params: dict) -> dict:
+    """The record of one certified image (or volume: its arrays hold every voxel) against its mask."""
     fg = range(1, len(classes))
     cd, ci = dice_per_class(labels, mask, fg), iou_per_class(labels, mask, fg)
     clean_d = dice_per_class(clean, mask, fg)
     return {
-        "image": sample.name, "modality": cert.record.get("modality") or "unknown", "sigma": sigma,
+        "image": name, "modality": cert.record.get("modality") or "unknown", "sigma": sigma,
         "radius": cert.radius, "radius_at_input_resolution": fit.radius_at_input(cert.radius),
-        "input_size": "x".join(map(str, fit.input_size)), "abstain_rate": abstain_rate(labels),
+        "input_size": "x".join(map(str, (*labels.shape[:-2], *fit.input_size))), "abstain_rate": abstain_rate(labels),
         "clean_dice": float(np.mean(list(clean_d.values()))),
         "certified_dice": float(np.mean(list(cd.values()))),
         "certified_iou": float(np.mean(list(ci.values()))),
         **{f"clean_dice_{classes[c]}": v for c, v in clean_d.items()},
         **{f"certified_dice_{classes[c]}": v for c, v in cd.items()},
         **{f"certified_iou_{classes[c]}": v for c, v in ci.items()},
-        "seconds": cert.record["seconds"], "backend": cert.record["backend"],
-        "parameters": {"n0": n0, "n": n, "tau": tau, "alpha": alpha, "seed": seed, "correction": correction,
-                       **({"window": list(window)} if window is not None else {})},
+        "seconds": cert.record["seconds"], "backend": cert.record["backend"], "parameters": params,
         "model_files": cert.record.get("model_files", {}),
-        "_labels": labels,  # for the overlay grid; not written to JSON
     }
 
 

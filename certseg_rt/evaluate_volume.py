@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InputError
-from .metrics import abstain_rate, dice_per_class, iou_per_class
 
 
-def evaluate_volume_sample(sample, backend, clean_fn, classes, *, sigma, n0, n, tau, alpha, seed, correction,
-                           window=None) -> dict:
-    """The volume certified jointly (volume_certify) and scored voxel by voxel against its mask volume."""
+def evaluate_volume_sample(sample, backend, clean_fn, classes, sigma, params: dict) -> dict:
+    """The volume certified jointly (volume_certify) and scored voxel by voxel against its mask volume.
+    `params`: the record's parameters (n0, n, tau, alpha, seed, correction; window when given)."""
+    from .evaluate import scores
     from .volume_certify import certify_volume
     from .volumes import open_volume, prepare_volume, read_mask_volume
 
@@ -27,29 +27,14 @@ def evaluate_volume_sample(sample, backend, clean_fn, classes, *, sigma, n0, n, 
         unknown = sorted(int(v) for v in np.unique(mask) if v >= len(classes))
         raise InputError(f"mask {sample.mask.name} has labels {unknown[:5]} the model does not know (it has "
                          f"{len(classes)} classes, 0..{len(classes) - 1}); check that the dataset and the model match")
-    prepared = prepare_volume(volume, window).fitted(backend)
+    prepared = prepare_volume(volume, params.get("window")).fitted(backend)
     clean = prepared.labels_back(np.stack([clean_fn(x) for x in prepared.model_slices()]))
-    cert = certify_volume(backend, prepared.model_slices(), volume.shape[0], n0=n0, n=n, tau=tau, alpha=alpha,
-                          seed=seed, correction=correction)
+    cert = certify_volume(backend, prepared.model_slices(), volume.shape[0],
+                          **{k: v for k, v in params.items() if k != "window"})
     labels = prepared.labels_back(cert.labels)
-    fg = range(1, len(classes))
-    cd, ci, clean_d = dice_per_class(labels, mask, fg), iou_per_class(labels, mask, fg), dice_per_class(clean, mask, fg)
     shown = int(np.argmax((mask > 0).sum(axis=(1, 2))))  # the slice with the most foreground, for the overlays
-    fit = prepared.fit
     return {
-        "image": sample.name, "modality": cert.record.get("modality") or "unknown", "sigma": sigma,
-        "radius": cert.radius, "radius_at_input_resolution": fit.radius_at_input(cert.radius),
-        "input_size": "x".join(map(str, volume.shape)), "abstain_rate": abstain_rate(labels),
-        "clean_dice": float(np.mean(list(clean_d.values()))),
-        "certified_dice": float(np.mean(list(cd.values()))),
-        "certified_iou": float(np.mean(list(ci.values()))),
-        **{f"clean_dice_{classes[c]}": v for c, v in clean_d.items()},
-        **{f"certified_dice_{classes[c]}": v for c, v in cd.items()},
-        **{f"certified_iou_{classes[c]}": v for c, v in ci.items()},
-        "seconds": cert.record["seconds"], "backend": cert.record["backend"],
-        "parameters": {"n0": n0, "n": n, "tau": tau, "alpha": alpha, "seed": seed, "correction": correction,
-                       **({"window": list(window)} if window is not None else {})},
-        "model_files": cert.record.get("model_files", {}),
+        **scores(sample.name, labels, clean, mask, classes, cert, prepared.fit, sigma, params),
         "volume": {"slices": volume.shape[0], "hypotheses": int(cert.labels.size), "family": "volume",
                    "overlay_slice": shown, **prepared.describe(), **volume.describe()},
         "_labels": labels[shown],  # the overlay grid shows one slice; not written to JSON
