@@ -26,8 +26,13 @@ def open_volume_for_certify(path: Path, out: Path | None, window: str | None):
     return prepare_volume(volume, window_range)
 
 
-def per_class(labels: np.ndarray, classes) -> dict[str, int]:
-    counts = np.bincount(labels.ravel(), minlength=256)
+def label_counts(labels: np.ndarray) -> np.ndarray:
+    """Voxels per label value (256), slice by slice: bincount converts its input to intp, 8 bytes a voxel."""
+    return sum((np.bincount(plane.ravel(), minlength=256) for plane in labels.reshape(-1, *labels.shape[-2:])),
+               np.zeros(256, np.int64))
+
+
+def per_class(counts: np.ndarray, classes) -> dict[str, int]:
     return {name: int(counts[i]) for i, name in enumerate(classes)}
 
 
@@ -38,16 +43,17 @@ def volume_summary(volume, prepared, cert, classes, labels: np.ndarray, out: Pat
     fit = prepared.fit
     radius_in = fit.radius_at_input(cert.radius)
     voxels = int(cert.labels.size)
-    per_slice = [{"slice": d, "certified_voxels": per_class(labels[d], classes),
-                  "abstain_fraction": float(np.mean(labels[d] == 255)),
+    slice_counts = [label_counts(plane) for plane in labels]
+    per_slice = [{"slice": d, "certified_voxels": per_class(c, classes), "abstain_fraction": float(c[255] / c.sum()),
                   "radius": cert.radius, "radius_at_input_resolution": radius_in}
-                 for d in range(labels.shape[0])]
+                 for d, c in enumerate(slice_counts)]
+    counts = sum(slice_counts)
     return {
         "volume": str(volume.path), "volume_sha256": volume.sha256(), "geometry": volume.describe(),
         "classes": list(classes),
-        "certified_voxels": per_class(labels, classes),
-        "abstain_fraction": float(np.mean(labels == 255)),
-        "certified_voxels_at_model_resolution": per_class(cert.labels, classes),
+        "certified_voxels": per_class(counts, classes),
+        "abstain_fraction": float(counts[255] / counts.sum()),
+        "certified_voxels_at_model_resolution": per_class(label_counts(cert.labels), classes),
         "abstain_fraction_at_model_resolution": cert.abstain_fraction,
         "radius": cert.radius, "radius_at_input_resolution": radius_in,
         "radius_in_volume_units": prepared.radius_in_volume_units(radius_in),

@@ -199,7 +199,10 @@ class PreparedVolume:
 
     def labels_back(self, labels: np.ndarray) -> np.ndarray:
         """(D, h, w) at the model's size -> uint8 (D, rows, columns) on the volume's grid (nearest neighbour)."""
-        return np.stack([self.fit.labels_back(plane) for plane in labels])
+        out = np.empty((len(labels), *self.fit.input_size), np.uint8)  # filled in place: no list of planes
+        for k, plane in enumerate(labels):
+            out[k] = self.fit.labels_back(plane)
+        return out
 
     def describe(self) -> dict:
         lo, hi = self.window
@@ -220,20 +223,22 @@ def prepare_volume(volume, window: tuple[float, float] | None) -> PreparedVolume
 
 
 def read_mask_volume(path, image: Volume) -> tuple[np.ndarray, list[str]]:
-    """A label volume on `image`'s grid -> (uint8-range int64 (slices, rows, columns), notes).
+    """A label volume on `image`'s grid -> (uint16 (slices, rows, columns), notes).
 
     The mask may be in any format here (NIfTI, NRRD, a DICOM series) and in another voxel order (axes permuted
     or flipped, as converters write): it is reoriented to the image's.  A mask on another grid (shape, spacing,
-    origin or direction) is refused in one line."""
+    origin or direction) is refused in one line.  Read slice by slice into uint16 (2 bytes a voxel)."""
     mask = open_volume(path)
-    labels = np.stack([mask.read_slice(k) for k in range(mask.shape[0])])
-    if not np.isfinite(labels).all() or not np.array_equal(labels, np.round(labels)):
-        raise InputError(f"mask {path} has non-integer values; masks hold one class index per voxel: save integer "
-                         f"labels (e.g. uint8)")
-    if labels.min() < 0:
-        raise InputError(f"mask {path} has negative label {int(labels.min())}; class indices start at 0")
-    labels, notes = on_grid_of(labels.astype(np.int64), mask.affine, image, path)
-    return labels, notes
+    labels = np.empty(mask.shape, np.uint16)
+    for k in range(mask.shape[0]):
+        plane = mask.read_slice(k)
+        if not np.isfinite(plane).all() or not np.array_equal(plane, np.round(plane)):
+            raise InputError(f"mask {path} has non-integer values; masks hold one class index per voxel: save "
+                             f"integer labels (e.g. uint8)")
+        if plane.min(initial=0) < 0:
+            raise InputError(f"mask {path} has negative label {int(plane.min())}; class indices start at 0")
+        labels[k] = np.minimum(plane, 65535)  # beyond any model's classes either way (refused by the caller)
+    return on_grid_of(labels, mask.affine, image, path)
 
 
 def on_grid_of(labels: np.ndarray, affine: np.ndarray, image: Volume, path) -> tuple[np.ndarray, list[str]]:
