@@ -2,10 +2,10 @@
 
     python benchmarks/volume_memory.py [--slices 300] [--size 512] [--n 100]
 
-The model is a stand-in (a GraphBackend whose 'network' quantises 8x8 block means of the noisy slice into 4 classes), so the figure is
-what certseg-rt itself holds: the volume read slice by slice, resized slices streamed through the sampling loop
-(batches spanning slices), the stacked counts (C, D, 128, 128) in the smallest integer type, the joint statistics,
-the mask mapped back to 512x512 and written as NIfTI.  A real model adds its own runtime and activations (see
+The model is a stand-in (a GraphBackend whose 'network' quantises 8x8 block means of the noisy slice into 4
+classes), so the figure is what certseg-rt itself holds: the volume read slice by slice, resized slices streamed
+through the sampling loop (batches spanning slices), the stacked counts (C, D, 128, 128) in the smallest integer
+type, the joint statistics, the mask mapped back to 512x512 and written as NIfTI.  A real model adds its own runtime and activations (see
 benchmarks/memory_budget.py).  The certify runs in a fresh process; its peak RSS is the kernel's VmHWM (Linux).
 """
 from __future__ import annotations
@@ -73,7 +73,8 @@ def main():
         body = ((yy - args.size / 2) ** 2 + (xx - args.size / 2) ** 2 < (0.45 * args.size) ** 2)
         data = np.empty((args.size, args.size, args.slices), np.int16)  # (x, y, z) as NIfTI stores it
         for k in range(args.slices):  # a disc of soft tissue with an organ that moves along z, and noise
-            organ = (yy - args.size * (0.4 + 0.2 * k / args.slices)) ** 2 + (xx - args.size * 0.6) ** 2 < (0.12 * args.size) ** 2
+            centre = args.size * (0.4 + 0.2 * k / args.slices)
+            organ = (yy - centre) ** 2 + (xx - args.size * 0.6) ** 2 < (0.12 * args.size) ** 2
             hu = np.where(body, 40, -1000) + np.where(organ, 60, 0) + rng.normal(0, 20, body.shape)
             data[:, :, k] = hu.T.astype(np.int16)
         nib.save(nib.Nifti1Image(data, np.diag([0.7, 0.7, 1.5, 1.0])), str(path))

@@ -155,7 +155,8 @@ def record_path(out: Path, config: str, sigma: float, name: str) -> Path:
 
 def write_tables(out: Path, records: list[dict], failures: list[dict], classes) -> dict:
     """per_image.csv, summary.json (overall means per config and sigma)."""
-    columns = [k for k in records[0] if not k.startswith("_") and k not in ("parameters", "model_files", "volume")] if records else []
+    nested = ("parameters", "model_files", "volume")  # in the JSON records, not in the CSV
+    columns = [k for k in records[0] if not k.startswith("_") and k not in nested] if records else []
     with atomic_path(out / "per_image.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

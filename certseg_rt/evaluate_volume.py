@@ -50,8 +50,8 @@ def overlay_image(sample, record: dict, channels: int) -> np.ndarray:
         return read_image(sample.image, channels)
     from .volumes import open_volume, to_unit
 
-    volume = open_volume(sample.image)
-    return to_unit(volume.read_slice(int(record["volume"]["overlay_slice"])), *record["volume"]["intensity_window"])[None]
+    shown = record["volume"]
+    return to_unit(open_volume(sample.image).read_slice(int(shown["overlay_slice"])), *shown["intensity_window"])[None]
 
 
 def volume_window(window: str | None, samples, ray_address) -> tuple[float, float] | None:

@@ -110,7 +110,8 @@ def check_volume_certificate(path, out, summary, backend):
     written = np.asarray(mask.dataobj).transpose(2, 1, 0)
     np.testing.assert_array_equal(written, expected)
     assert (expected != ABSTAIN).mean() > 0.5  # most voxels certified: the comparison has teeth
-    assert summary["certified_voxels"] == {name: int((expected == i).sum()) for i, name in enumerate(summary["classes"])}
+    classes = summary["classes"]
+    assert summary["certified_voxels"] == {name: int((expected == i).sum()) for i, name in enumerate(classes)}
     return mask
 
 

@@ -140,7 +140,8 @@ def test_a_mask_in_another_voxel_order_is_reoriented_and_another_grid_is_refused
     got, notes = read_mask_volume(tmp_path / "m.nii.gz", image)
     np.testing.assert_array_equal(got, labels)
     assert notes == ["mask m.nii.gz reoriented to its image's voxel order"]
-    with pytest.raises(InputError, match=r"not on its image's grid \(shape \(4, 3, 4\) against the image's \(5, 3, 4\)"):
+    with pytest.raises(InputError, match=r"not on its image's grid \(shape \(4, 3, 4\) against the image's "
+                                         r"\(5, 3, 4\)"):
         on_grid_of(labels[:4], OBLIQUE, image, "m.nii.gz")
     shifted = OBLIQUE.copy()
     shifted[0, 3] += 5.0
@@ -171,7 +172,8 @@ def _bad_volumes(tmp_path):
         tmp_path / "orient", override={3: {"ImageOrientationPatient": [1, 0, 0, 0, 1, 0]}})[0],
         "mixes slice orientations"))
     write_series(tmp_path / "sizes")
-    write_dicom(tmp_path / "sizes" / "odd", np.zeros((4, 5), np.uint16), SeriesInstanceUID="1.2.826.0.1.3680043.8.498.1")
+    write_dicom(tmp_path / "sizes" / "odd", np.zeros((4, 5), np.uint16),
+                SeriesInstanceUID="1.2.826.0.1.3680043.8.498.1")
     cases.append(("two sizes", tmp_path / "sizes", "mixes slice sizes (3x5, 4x5)"))
     cases.append(("same position", write_series(
         tmp_path / "repeat", override={2: {"ImagePositionPatient": [10.0, -5.0, 30.0]}})[0], "at the same position"))

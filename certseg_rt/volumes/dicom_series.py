@@ -60,8 +60,9 @@ def open_dicom_series(folder: Path) -> Volume:
     folder = Path(folder)
     found, skipped = _headers(folder)
     if not found:
-        raise InputError(f"folder {folder} holds no DICOM images{f' ({skipped} other files)' if skipped else ''}; "
-                         f"give a folder with the slices of one DICOM series")
+        others = f" ({skipped} other files)" if skipped else ""
+        raise InputError(f"{folder} is a folder that holds no DICOM images{others}; give an image or volume file, or "
+                         f"a folder with the slices of one DICOM series")
     series: dict[str, list] = {}
     for f, ds in found:
         series.setdefault(str(ds.get("SeriesInstanceUID", "?")), []).append((f, ds))
