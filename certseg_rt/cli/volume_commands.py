@@ -20,10 +20,13 @@ def open_volume_for_certify(path: Path, out: Path | None, window: str | None):
     volume = open_volume(path)
     if out is not None:
         check_mask_suffix(out, volume)
-    window_range = parse_window(window)
-    for line in volume.notes:
+    prepared = prepare_volume(volume, parse_window(window))
+    for line in volume.notes:  # after the checks: a refused volume is one line, without remarks before it
         note(line)
-    return prepare_volume(volume, window_range)
+    if out is not None and volume.format == "dicom-series":
+        note(f"the mask of the DICOM series {volume.path.name} is written as NIfTI, its affine derived from the series "
+             f"(ImagePositionPatient, ImageOrientationPatient, PixelSpacing)")
+    return prepared
 
 
 def label_counts(labels: np.ndarray) -> np.ndarray:
