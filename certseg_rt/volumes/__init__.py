@@ -302,3 +302,7 @@ def check_mask_suffix(out, volume: Volume) -> None:
                 "nifti": "NIfTI, like its image"}[volume.format]
         raise InputError(f"--out {out} must end in {' or '.join(volume.mask_suffixes)}: the mask of {volume.path} is "
                          f"written as {kind}")
+    if volume.format == "dicom-series":  # its NIfTI writer: known missing before any work, not after
+        from ..medical_io import require
+
+        require("nibabel", "nifti", out)
