@@ -156,6 +156,14 @@ class ReplicatedInput:
     def pack_size(self, shape, num: int) -> int:
         return self.backend.pack_size((self.adapter.channels, *tuple(shape)[-2:]), num)
 
+    def count_runs(self, runs, seed: int):
+        """The runs' votes (runtime.sampling.count_runs), each image replicated first; yields the backend's runs."""
+        from dataclasses import replace
+
+        from .runtime.sampling import count_runs
+
+        return count_runs(self.backend, (replace(r, x=self.adapter.image(r.x)) for r in runs), seed)
+
     @property
     def progress(self):
         return self.backend.progress

@@ -40,7 +40,8 @@ def user_errors(fn):
 
 
 EXTRA_OF = {"torch": "export", "diffusers": "export", "safetensors": "export", "onnx": "export",
-             "onnxruntime": "cpu", "matplotlib": "plots", "tensorrt": "gpu"}
+             "onnxruntime": "cpu", "matplotlib": "plots", "tensorrt": "gpu", "nibabel": "nifti", "nrrd": "nrrd",
+             "pydicom": "dicom"}
 
 
 def smoothing_options(fn):
@@ -159,8 +160,8 @@ def intake_options(fn):
     opts = [
         click.option("--model", default="chest", show_default=True, help="bundled model name or model directory"),
         click.option("--segmenter", default=None,
-                     help="your segmenter: an ONNX file, a TorchScript file, or 'package.module:factory' with "
-                          "--segmenter-weights"),
+                     help="your segmenter: an ONNX file, a TorchScript file, or a factory with --segmenter-weights: "
+                          "'package.module:factory', or 'path/to/models.py:factory' (that file alone)"),
         click.option("--segmenter-weights", type=click.Path(path_type=Path), default=None,
                      help="weights for a factory segmenter: .safetensors, or a torch state dict (.pt/.pth/.bin)"),
         click.option("--segmenter-kwargs", default=None, help="JSON keyword arguments for the factory"),

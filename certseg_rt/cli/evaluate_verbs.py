@@ -78,6 +78,9 @@ def make_phantoms(dataset_dir, count, size, first_seed, modality):
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--correction", type=click.Choice(["holm", "bonferroni"]), default="holm", show_default=True)
 @click.option("--config-name", default=None, help="label of this configuration in the results")
+@click.option("--window", default=None, metavar="LO,HI",
+              help="volumes: the intensities mapped to [0, 1] (e.g. -160,240 Hounsfield units)  [default: each "
+                   "volume's min-max]")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
               help="evaluate on a Ray cluster: HOST:PORT of its head, 'auto' (the default when no address is "
                    "given: the running cluster) or 'local' (start one here)")
@@ -87,12 +90,13 @@ def make_phantoms(dataset_dir, count, size, first_seed, modality):
 @runtime_options
 @user_errors
 def evaluate(dataset_dir, out, model, engine, reference, sigmas, no_denoiser, tau, alpha, n0, n, seed, batch_size,
-             correction, config_name, ray_address, ray_cpus, ray_workers, threads, max_memory):
+             correction, config_name, window, ray_address, ray_cpus, ray_workers, threads, max_memory):
     """Certified Dice / IoU, abstain rate and radius over a dataset folder; CSV + JSON + PNG plots.
 
     Abstained pixels count as false negatives of their true class and never as false positives.
     Finished images are skipped when re-run (results are written per image, atomically), with or
-    without --ray: the records are the same.
+    without --ray: the records are the same.  Volumes (images/NAME.nii.gz, .nrrd, or a DICOM series
+    folder images/NAME/, with masks/NAME.nii.gz on the same grid) are certified whole and scored per voxel.
 
     \b
     Example:
@@ -102,7 +106,8 @@ def evaluate(dataset_dir, out, model, engine, reference, sigmas, no_denoiser, ta
       certseg-rt evaluate data/phantoms --reference torch-cuda-fused:fp16 --out results/   # on a GPU
     """
     from ..evaluate import list_dataset, record_path, write_tables
-    from ..io import overlay, read_image, write_json
+    from ..evaluate_volume import overlay_image, volume_window
+    from ..io import overlay, write_json
 
     try:
         sigma_list = [float(v) for v in sigmas.split(",")] if sigmas else [None]
@@ -123,11 +128,13 @@ def evaluate(dataset_dir, out, model, engine, reference, sigmas, no_denoiser, ta
         raise CertsegError("--reference runs --model here; it does not combine with --engine or --ray")
     budget = memory_budget(max_memory)
     samples = list_dataset(dataset_dir)
+    window_range = volume_window(window, samples, ray_address)
     check_writable(out)
     config = config_name or (f"engine:{Path(engine).name}" if engine else
                              ("plain" if no_denoiser else "denoised")
                              + (f"@{reference.replace(':', '-')}" if reference else ""))
-    params = {"n0": n0, "n": n, "tau": tau, "alpha": alpha, "seed": seed, "correction": correction}
+    params = {"n0": n0, "n": n, "tau": tau, "alpha": alpha, "seed": seed, "correction": correction,
+              **({"window": list(window_range)} if window_range is not None else {})}
     records, failures, tiles = [], [], []
     # On a cluster the engine or model is checked here, before Ray starts (the workers open it).
     targets = [_ray_target(model, engine, sg, batch_size, not no_denoiser, budget) for sg in sigma_list] \
@@ -173,7 +180,7 @@ def evaluate(dataset_dir, out, model, engine, reference, sigmas, no_denoiser, ta
                 for i in sorted(shown)[:max(0, 8 - len(tiles))]:
                     rec = new[todo[i].name]
                     tiles.append((f"{todo[i].name} sigma={sigma:g} Dice {rec['certified_dice']:.2f}",
-                                  overlay(read_image(todo[i].image, channels), shown[i])))
+                                  overlay(overlay_image(todo[i], rec, channels), shown[i])))
     except KeyboardInterrupt:
         raise CertsegError(f"interrupted; finished images are saved in {out}/records (re-run the same command "
                            f"to resume)")

@@ -5,14 +5,15 @@ batching never changes which noise a sample sees and every backend sees the same
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from .. import kernels
 from .._ext_loader import ext
 from ..errors import CertsegError, InputError
-from ..io import check_image_size
+from ..limits import check_image_size
 
 # The compiled kernels (cpp_ext/) when this install has them; the numpy reference otherwise.  Both
 # produce the same numbers (tests/test_ext_kernels.py), so which one ran never changes a certificate.
@@ -109,8 +110,12 @@ class GraphBackend:
         """The batch size every sample of a call of `num` samples runs at (static_batch backends)."""
         return equal_batches(num, self.batch_size)[0]
 
+    def check_image(self, x: np.ndarray) -> np.ndarray:
+        """The image as this backend takes it, or one line saying why not (engines add their fixed size)."""
+        return check_input(x, self.channels, self.size_multiple)
+
     def sample_counts(self, x: np.ndarray, num: int, seed: int, offset: int) -> np.ndarray:
-        x = check_input(x, self.channels, self.size_multiple)
+        x = self.check_image(x)
         counts = np.zeros((self.num_classes, *x.shape[1:]), np.int32)
         noisy = self._buffer(x.shape)
         padded = self.fixed_batch or self.static_batch  # every sample of the call runs at one batch size
@@ -124,6 +129,86 @@ class GraphBackend:
             if self.progress is not None:
                 self.progress(b)
         return counts
+
+    @property
+    def packs_runs(self) -> bool:
+        """Whether `count_runs` packs runs into shared batches: true for the host loop above; a backend that
+        overrides `sample_counts` with its own (device) loop counts each run with that loop instead."""
+        return type(self).sample_counts is GraphBackend.sample_counts
+
+    def count_runs(self, runs: Iterable[Run], seed: int) -> Iterator[Run]:
+        """The votes of several runs of samples, packed into full batches: a batch may hold the last samples
+        of one image and the first of the next.  Each run is yielded once its counts are complete, in order.
+
+        A run's counts equal ``sample_counts(run.x, run.num, seed, run.first)`` (its noise depends only on
+        (seed, sample index)); a static- or fixed-batch backend runs every batch here at ``batch_size``, the
+        last one padded, so its counts are those of that batch size.  Runs of another image size than the one
+        before start a new batch."""
+        rows: list[tuple[Run, int, int]] = []  # (run, first row in the batch, rows) of the batch being filled
+        filled, shape, step = 0, None, self.batch_size
+        for run in runs:
+            if run.num < 1:
+                raise ValueError(f"a run counts at least one sample, got num={run.num}")
+            x = self.check_image(run.x)
+            if run.counts is None:
+                run.counts = np.zeros((self.num_classes, *x.shape[1:]), np.int32)
+            if x.shape != shape:
+                if filled:
+                    yield from self._run_batch(rows, filled, step)
+                    rows, filled = [], 0
+                shape, step = x.shape, self.batch_size  # the torch reference fits its batch to the image size
+                noisy = self._buffer(x.shape)
+            done = 0
+            while done < run.num:
+                take = min(step - filled, run.num - done)
+                _kernels.fill_noisy(x, self.sigma, seed, run.first + done, noisy[filled:filled + take])
+                rows.append((run, filled, take))
+                filled, done = filled + take, done + take
+                if filled == step:
+                    yield from self._run_batch(rows, filled, step)
+                    rows, filled = [], 0
+        if rows:
+            yield from self._run_batch(rows, filled, step)
+
+    def _run_batch(self, rows: list[tuple[Run, int, int]], filled: int, step: int) -> Iterator[Run]:
+        """Infer one batch of `filled` samples, add each run's votes, yield the runs it completed."""
+        padded = self.fixed_batch or self.static_batch
+        # The padding of a last, partial batch holds stale samples; their labels are dropped.
+        labels = self.infer(self._noisy[:step] if padded else self._noisy[:filled])
+        for run, start, take in rows:
+            _kernels.accumulate_votes(labels[start:start + take], run.counts)
+            run.counted += take
+        if self.progress is not None:
+            self.progress(filled)
+        for run, _, _ in rows:
+            if run.counted == run.num:
+                yield run
+
+
+@dataclass(eq=False)
+class Run:
+    """Samples first .. first + num - 1 of the noise stream of one image x, counted into `counts` (int32
+    (C, H, W); allocated by the loop when None).  `tag` is the caller's (e.g. which slice, which phase)."""
+
+    x: np.ndarray
+    first: int
+    num: int
+    tag: object = None
+    counts: np.ndarray | None = None
+    counted: int = 0
+
+
+def count_runs(backend, runs: Iterable[Run], seed: int) -> Iterator[Run]:
+    """Each run's votes, yielded as it completes: packed into shared batches where the backend's loop can
+    (``GraphBackend.count_runs``), one ``sample_counts`` call per run otherwise (device loops, test backends)."""
+    if getattr(backend, "packs_runs", False):
+        yield from backend.count_runs(runs, seed)
+        return
+    for run in runs:
+        counts = np.asarray(backend.sample_counts(run.x, run.num, seed, run.first))
+        run.counts = counts.astype(np.int32, copy=False) if run.counts is None else run.counts + counts
+        run.counted = run.num
+        yield run
 
 
 # ---------------------------------------------------------------------------------------------- memory budget
