@@ -150,14 +150,9 @@ class ReplicatedInput:
     def sample_counts(self, x: np.ndarray, num: int, seed: int, offset: int) -> np.ndarray:
         return self.backend.sample_counts(self.adapter.image(x), num, seed, offset)
 
-    def sample_counts_many(self, xs, num: int, seed: int, offset: int):  # a packing backend (packing.py)
-        return self.backend.sample_counts_many([self.adapter.image(x) for x in xs], num, seed, offset)
-
-    def pack_size(self, shape, num: int) -> int:
-        return self.backend.pack_size((self.adapter.channels, *tuple(shape)[-2:]), num)
-
     def count_runs(self, runs, seed: int):
-        """The runs' votes (runtime.sampling.count_runs), each image replicated first; yields the backend's runs."""
+        """The runs' votes (runtime.sampling.count_runs: packed where the backend packs), each image replicated
+        first; yields the backend's runs (copies with the same tags)."""
         from dataclasses import replace
 
         from .runtime.sampling import count_runs

@@ -12,6 +12,10 @@ as their masks (see medical_io).  Volumes -- a NIfTI of several slices, NRRD (.n
 images/<name>/ holding one DICOM series -- are certified whole against a mask volume on their grid
 (evaluate_volume.py).
 
+``evaluate_samples`` certifies a data set's 2-D images through ``certify.certify_many``, so a runner that packs
+images (torch-cuda fused and careful) puts several images' samples in one device batch; every other backend
+certifies them one by one, as ``evaluate_sample`` (a Ray worker's unit) does.
+
 Per image and noise level: clean Dice (segmenter alone on the clean image), certified Dice and IoU
 per class (abstained pixels count as false negatives of their true class and never as false
 positives), abstain rate, radius.  Each finished (image, sigma) is written at once as its own JSON
@@ -23,16 +27,18 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from .certify import certify
+from .certify import certify, certify_many
 from .errors import CertsegError, InputError
 from .io import atomic_path, read_image, write_json
 from .medical_io import MEDICAL_SUFFIXES, is_medical, read_label_volume
 from .volumes import NRRD_SUFFIXES, is_volume_path
 from .metrics import abstain_rate, dice_per_class, iou_per_class
 from .resize import fit_to_model
+from .runtime.sampling import equal_batches
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", *MEDICAL_SUFFIXES, *NRRD_SUFFIXES)
 MASK_SUFFIXES = (".png", ".npy", ".tif", *MEDICAL_SUFFIXES, *NRRD_SUFFIXES)
@@ -104,6 +110,10 @@ def read_mask(path: Path, num_classes: int, shape: tuple[int, int]) -> np.ndarra
     return mask.astype(np.uint8)
 
 
+FAILURES = (CertsegError, ValueError)  # what fails one image (its record says why), not the run
+PACK_IMAGES = 64  # images certified together where the runner packs them (their selection counts wait)
+
+
 def evaluate_sample(sample: Sample, backend, clean_fn, classes, *, sigma, n0, n, tau, alpha, seed, correction,
                     window=None) -> dict:
     """One image certified and scored against its mask, at the image's own size: an image of another size
@@ -116,6 +126,44 @@ def evaluate_sample(sample: Sample, backend, clean_fn, classes, *, sigma, n0, n,
         from .evaluate_volume import evaluate_volume_sample
 
         return evaluate_volume_sample(sample, backend, clean_fn, classes, sigma, params)
+    x, record = _prepare(sample, backend, clean_fn, classes, sigma, params)
+    return record(certify(backend, x, n0=n0, n=n, tau=tau, alpha=alpha, seed=seed, correction=correction))
+
+
+def evaluate_samples(samples: list[Sample], backend, clean_fn, classes, *, sigma, n0, n, tau, alpha, seed, correction,
+                     window=None) -> Iterator[tuple[int, dict | Exception]]:
+    """(index, record) or (index, the error) for each sample, the records as evaluate_sample gives them.  Where the
+    runner packs images, the 2-D images are certified together (certify_many) in the fewest equal chunks of at most
+    PACK_IMAGES samples, each padded to that size (one batch size for the data set); should the sampling refuse a
+    chunk, its images are evaluated alone, each with its own error or record.  Other runners: one image at a time."""
+    kw = {"n0": n0, "n": n, "tau": tau, "alpha": alpha, "seed": seed, "correction": correction}
+    params = {**kw, **({"window": list(window)} if window is not None else {})}
+
+    def alone(sample):
+        return _attempt(evaluate_sample, sample, backend, clean_fn, classes, sigma=sigma, window=window, **kw)
+
+    size = equal_batches(max(len(samples), 1), PACK_IMAGES)[0] if getattr(backend, "packs_images", False) else 1
+    for c in range(0, len(samples), size):
+        images = []  # (index, sample, x, record)
+        for i, sample in enumerate(samples[c:c + size], c):
+            read = alone(sample) if is_volume_path(sample.image) else \
+                _attempt(_prepare, sample, backend, clean_fn, classes, sigma, params)
+            if isinstance(read, tuple):
+                images.append((i, sample, *read))
+            else:  # a volume's record (certified whole), or why an image cannot be read
+                yield i, read
+        try:
+            certs = certify_many(backend, [x for _, _, x, _ in images], pad_to=size, **kw)
+        except FAILURES as e:
+            for i, sample, _, _ in images:
+                yield i, e if len(images) == 1 else alone(sample)
+            continue
+        for (i, _, _, record), cert in zip(images, certs):
+            yield i, _attempt(record, cert)
+
+
+def _prepare(sample: Sample, backend, clean_fn, classes, sigma, params: dict):
+    """(x, record): the 2-D image as the model takes it, and what turns its certificate into the image's record."""
     image = read_image(sample.image, backend.channels)
     if sample.mask is None:
         raise InputError(f"no mask for {sample.image.name} in masks/")
@@ -123,10 +171,20 @@ def evaluate_sample(sample: Sample, backend, clean_fn, classes, *, sigma, n0, n,
     fit = fit_to_model(image, getattr(backend, "input_size", None), getattr(backend, "adapter", None))
     x = fit.image(image)
     clean = fit.labels_back(clean_fn(x))
-    cert = certify(backend, x, n0=n0, n=n, tau=tau, alpha=alpha, seed=seed, correction=correction)
-    labels = fit.labels_back(cert.labels)
-    return {**scores(sample.name, labels, clean, mask, classes, cert, fit, sigma, params),
-            "_labels": labels}  # for the overlay grid; not written to JSON
+
+    def record(cert) -> dict:
+        labels = fit.labels_back(cert.labels)
+        return {**scores(sample.name, labels, clean, mask, classes, cert, fit, sigma, params),
+                "_labels": labels}  # for the overlay grid; not written to JSON
+    return x, record
+
+
+def _attempt(fn, *args, **kw):
+    """fn's result, or the error that fails this one image."""
+    try:
+        return fn(*args, **kw)
+    except FAILURES as e:
+        return e
 
 
 def scores(name: str, labels, clean, mask, classes, cert, fit, sigma, params: dict) -> dict:

@@ -198,3 +198,39 @@ def test_packed_runs_check_every_image_and_refuse_empty_runs():
         list(count_runs(backend, bad, 0))
     with pytest.raises(ValueError, match="at least one sample"):
         list(count_runs(backend, [Run(np.zeros((1, 3, 3), np.float32), 0, 0)], 0))
+
+
+def test_device_packs_are_the_fewest_equal_ones_padded_and_unlike_runs_alone():
+    """The rule of the loops that pack images (torch-cuda fused and careful): consecutive runs with one shape and
+    (first, num) form a block; 5 images at most 4 per pack are 2 packs of 3 (not 4 + 1), the last padded with a
+    copy of its last run; a run unlike its neighbours (another first sample, num or shape) is a block of its own."""
+    from certseg_rt.runtime.sampling import device_packs
+
+    def pairs(first, num, tags, size=2):
+        return [(Run(np.full((1, size, size), t / 100, np.float32), first, num, tag=t),
+                 np.full((1, size, size), t / 100, np.float32)) for t in tags]
+
+    runs = [*pairs(0, 5, range(5)), *pairs(5, 5, [20, 21]), *pairs(0, 9, [30]), *pairs(40, 9, [40]),
+            *pairs(0, 5, [50, 51], size=3)]
+    asked = []
+
+    def capacity(shape, num):
+        asked.append((shape, num))
+        return 4 if num == 5 else 2
+
+    packs = [([run.tag for run, _ in pack], real) for pack, real in device_packs(iter(runs), capacity)]
+    assert packs == [([0, 1, 2], 3), ([3, 4, 4], 2), ([20, 21], 2), ([30], 1), ([40], 1), ([50, 51], 2)]
+    assert asked == [((1, 2, 2), 5), ((1, 2, 2), 5), ((1, 2, 2), 9), ((1, 2, 2), 9), ((1, 3, 3), 5)]  # per block
+    assert Threshold().packs_runs and not Threshold().packs_images  # the host loop shares batches, not images
+
+
+def test_certify_many_on_the_host_loop_is_certify_image_by_image():
+    from certseg_rt.certify import certify, certify_many
+
+    images = [np.random.default_rng(20 + d).uniform(0, 1, (1, 6, 6)).astype(np.float32) for d in range(3)]
+    backend = Threshold(batch_size=8)
+    certs = certify_many(backend, images, n0=4, n=30, tau=0.6, alpha=0.2, seed=3)
+    assert backend.batches == [4, 8, 8, 8, 6] * 3  # each image's own calls, as certify makes them: no shared batch
+    for x, cert in zip(images, certs):
+        want = certify(Threshold(batch_size=8), x, n0=4, n=30, tau=0.6, alpha=0.2, seed=3)
+        assert np.array_equal(cert.labels, want.labels) and np.array_equal(cert.pvalues, want.pvalues)

@@ -190,52 +190,51 @@ def test_out_of_range_label_is_one_line_and_counts_restart_at_zero(form):
         assert counts[2].tolist() == [[6] * 8] * 8 and counts[:2].sum() == 0
 
 
-# ---- packing: several images in one batch ---------------------------------------------------------------------------
+# ---- packing: several images' runs in one batch (count_runs) ---------------------------------------------------------
 
-def test_packing_gives_each_image_exactly_its_counts_alone(image):
-    images = [np.ascontiguousarray(np.roll(image, 7 * i, axis=1)) for i in range(3)]
+def _rolled(image, count, step=7):
+    return [np.ascontiguousarray(np.roll(image, step * i, axis=1)) for i in range(count)]
+
+
+def test_packed_runs_give_each_image_exactly_its_counts_alone(image):
+    from certseg_rt.runtime.sampling import Run, count_runs
+
+    images = _rolled(image, 3)
     dev = HostStandIn()
-    backend = _backend(ToyLabels(), batch_size=6, device=dev)
-    packed = backend.sample_counts_many(images, 5, 4, 3)
-    assert dev.captured[-1] == (3, 2)  # 3 images x 2 rows per batch (at most 6), 3 replays, the last padded
-    assert backend.record["packed_images"] == 3 and backend.record["batch_size"] == 6
-    alone = _backend(ToyLabels(), batch_size=6)
-    for x, counts in zip(images, packed):
-        assert np.array_equal(counts, alone.sample_counts(x, 5, 4, 3))
-    assert not np.array_equal(packed[0], packed[1]) and not np.array_equal(packed[1], packed[2])
-    with pytest.raises(CertsegError, match="packed images must share one shape"):
-        backend.sample_counts_many([images[0], images[1][:, :16, :16]], 4, 0, 0)
+    backend = _backend(ToyLabels(), batch_size=16, device=dev)
+    assert backend.packs_images and backend.packs_runs and not _backend(ToyLabels(), "eager").packs_runs
+    runs = [Run(x, 3, 5, tag=i) for i, x in enumerate(images)] + [Run(images[0], 40, 5, tag="alone")]
+    done = list(count_runs(backend, runs, 4))
+    assert done == runs  # the caller's runs, in order
+    # 3 images x 5 rows in one batch (16 // 5 = 3 fit), one replay; the run with another first sample alone
+    assert dev.captured == [(3, 5), (1, 5)] and dev.replays == 2
+    assert (3, 3, 5) in dev.fills and dev.fills[-1] == (40, 1, 5)  # (first sample, images, rows per image)
+    alone = _backend(ToyLabels(), batch_size=16)
+    for run in done:
+        assert np.array_equal(run.counts, alone.sample_counts(run.x, 5, 4, run.first))
+    assert not np.array_equal(done[0].counts, done[1].counts) and not np.array_equal(done[1].counts, done[2].counts)
+    # after an out-of-memory the pack is counted in smaller batches: 3 images x 2 rows, 3 replays, the last padded
+    dev = HostStandIn(oom_above=8)
+    halved = _backend(ToyLabels(), batch_size=16, device=dev)
+    again = list(count_runs(halved, [Run(x, 3, 5, tag=i) for i, x in enumerate(images)], 4))
+    assert halved.batch_size == 8 and dev.released == 1 and dev.captured[-1] == (3, 2)
+    assert all(np.array_equal(a.counts, b.counts) for a, b in zip(again, done))
 
 
-def test_certify_many_packs_groups_pads_the_last_and_equals_certify(image):
-    from certseg_rt.certify import certify
-    from certseg_rt.packing import certify_many
+def test_certify_many_packs_the_fewest_equal_groups_and_equals_certify(image):
+    from certseg_rt.certify import certify, certify_many
 
-    images = [np.ascontiguousarray(np.roll(image, 3 * i, axis=2)) for i in range(5)]
+    images = _rolled(image, 5, 3)
     dev = HostStandIn(free=_free_for(40))
     backend = _backend(ToyLabels(), batch_size=None, device=dev)
-    assert backend.pack_size(images[0].shape, 20) == 2
     certs = certify_many(backend, images, n0=6, n=20, seed=9)
-    assert [c for c in dev.captured] == [(2, 6), (2, 20)]  # groups of 2; the last (1 image) padded to 2
+    # selection: the 5 images in one batch (40 // 6 = 6 fit); estimation: 2 fit, so 3 packs of 2, the last padded
+    assert dev.captured == [(5, 6), (2, 20)] and dev.replays == 4
     alone = _backend(ToyLabels(), batch_size=None, device=HostStandIn(free=_free_for(40)))
     for x, cert in zip(images, certs):
         want = certify(alone, x, n0=6, n=20, seed=9)
         assert np.array_equal(cert.labels, want.labels) and np.array_equal(cert.pvalues, want.pvalues)
         assert cert.record["packed_images"] == 2 and cert.record["seconds"] > 0
-
-
-def test_precounted_answers_only_the_calls_it_was_packed_for(image):
-    from certseg_rt.packing import Precounted
-
-    backend = _backend(ToyLabels())
-    counts = backend.sample_counts(image, 5, 1, 0)
-    view = Precounted(backend, image, {(5, 1, 0): np.zeros_like(counts)}, 0.5)
-    assert not view.sample_counts(image, 5, 1, 0).any()  # the packed counts
-    assert np.array_equal(view.sample_counts(image + 0, 5, 1, 0), np.zeros_like(counts))  # equal values: packed
-    other = np.ascontiguousarray(image[:, ::-1])
-    assert np.array_equal(view.sample_counts(other, 5, 1, 0), backend.sample_counts(other, 5, 1, 0))  # alone
-    assert np.array_equal(view.sample_counts(image, 5, 2, 0), backend.sample_counts(image, 5, 2, 0))
-    assert view.sigma == SIGMA and view.record is backend.record
 
 
 # ---- the careful baseline --------------------------------------------------------------------------------------------
@@ -267,12 +266,14 @@ def test_careful_draws_torch_noise_from_a_generator_seeded_per_call_and_counts_o
 
 
 def test_careful_packs_images_with_their_own_counts(image):
-    images = [np.ascontiguousarray(np.roll(image, 5 * i, axis=1)) for i in range(3)]
+    from certseg_rt.runtime.sampling import Run, count_runs
+
+    images = _rolled(image, 3, 5)
     backend = _careful()
-    packed = backend.sample_counts_many(images, 12, 2, 0)
-    assert backend.record["packed_images"] == 3
-    for x, counts in zip(images, packed):
-        assert np.array_equal(counts, _careful().sample_counts(x, 12, 2, 0))
+    packed = list(count_runs(backend, [Run(x, 0, 12) for x in images], 2))
+    assert backend.record["packed_images"] == 3 and backend.packs_images
+    for run in packed:
+        assert np.array_equal(run.counts, _careful().sample_counts(run.x, 12, 2, 0))
 
 
 # ---- the record, the registry --------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ stood in for by tests/torch_cuda_standin.py), the child process protocol, and ev
 """
 import json
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -211,7 +210,7 @@ def test_evaluate_on_a_gpu_runner_packs_images_and_gets_each_images_record(monke
     r = runner.invoke(main, [*args, "--out", str(tmp_path / "packed")])
     assert r.exit_code == 0, r.output
     assert devices[-1].captured == [(2, 1), (2, 3)]  # the two images' samples in one batch per call
-    monkeypatch.setattr(torch_cuda.TorchCudaBackend, "can_pack", property(lambda self: False))
+    monkeypatch.setattr(torch_cuda.TorchCudaBackend, "packs_images", property(lambda self: False))
     r = runner.invoke(main, [*args, "--out", str(tmp_path / "alone")])
     assert r.exit_code == 0, r.output
     assert devices[-1].captured == [(1, 1), (1, 3)]
@@ -226,36 +225,6 @@ def test_evaluate_on_a_gpu_runner_packs_images_and_gets_each_images_record(monke
     bad = [a if a != "torch-cuda-fused" else "torch-cuda-fused:int8" for a in args]
     r = runner.invoke(main, [*bad, "--out", str(tmp_path / "y")])
     assert r.exit_code == 1 and "reference 'torch-cuda-fused:int8'" in r.output and "Traceback" not in r.output
-
-
-def test_packing_pads_the_last_group_of_a_data_set_to_one_batch_size(monkeypatch, tmp_path):
-    from certseg_rt.packing import for_each_image
-
-    class Sample:
-        def __init__(self, name):
-            self.name = name
-
-    class Packer:
-        can_pack = True
-        calls = []
-
-        def pack_size(self, shape, num):
-            return 2
-
-        def sample_counts_many(self, xs, num, seed, offset):
-            self.calls.append((len(xs), num, offset))
-            return [np.full((2, 1, 1), i, np.int32) for i in range(len(xs))]
-
-    backend = Packer()
-    images = {f"s{i}": np.full((1, 1, 1), i, np.float32) for i in range(5)}
-    todo = [Sample(f"s{i}") for i in range(5)]
-    out = list(for_each_image(todo, backend, {"n0": 3, "n": 5, "seed": 1}, lambda s, b: images[s.name]))
-    assert [s.name for s, _ in out] == [s.name for s in todo]
-    assert backend.calls == [(2, 3, 0), (2, 5, 3)] * 3  # the last group (1 image) padded to 2
-    assert [view.sample_counts(images[s.name], 5, 1, 3)[0, 0, 0] for s, view in out] == [0, 1, 0, 1, 0]
-    Packer.calls = []
-    assert len(list(for_each_image(todo[:1], Packer(), {"n0": 3, "n": 5, "seed": 1}, lambda s, b: images[s.name]))) == 1
-    assert Packer.calls == [(1, 3, 0), (1, 5, 3)]  # one group, nothing to match: not padded
 
 
 # ---- the GPU check, rehearsed here ------------------------------------------------------------------------------
@@ -293,20 +262,6 @@ def test_gpu_check_dry_run_lists_its_steps_and_its_bench_commands_parse(tmp_path
         args[args.index("--out") + 1] = str(tmp_path / "out")
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 1 and "--gpu-only, but this machine has no GPU rows" in result.output, result.output
-
-
-def test_groups_are_the_fewest_equal_ones_and_keep_their_size():
-    from certseg_rt.packing import _groups
-
-    class Packer:
-        def pack_size(self, shape, num):
-            return 4
-
-    images = [np.full((1, 2, 2), i, np.float32) for i in range(10)]
-    groups = list(_groups(Packer(), images, 5))
-    # 10 images, at most 4 per batch: 3 groups of 4 (not 4, 4, 2), the last padded by two copies of image 9
-    assert [(len(g), real) for g, real in groups] == [(4, 4), (4, 4), (4, 2)]
-    assert [float(x[0, 0, 0]) for x in groups[-1][0]] == [8.0, 9.0, 9.0, 9.0]
 
 
 def test_a_run_with_cpu_and_gpu_rows_keeps_the_two_comparisons_apart(monkeypatch):

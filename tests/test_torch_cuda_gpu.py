@@ -167,19 +167,18 @@ def test_gpu_graph_replay_equals_the_uncaptured_run(chest_dir, phantom):
 
 @gpu_test
 def test_gpu_packed_equals_one_image_at_a_time_bit_for_bit_at_fp32(chest_dir):
+    from certseg_rt.certify import certify, certify_many
     from certseg_rt.data.phantom import HELD_OUT_SEEDS, make_phantom
-    from certseg_rt.packing import certify_many
+    from certseg_rt.runtime.sampling import Run, count_runs
 
     images = [make_phantom(HELD_OUT_SEEDS[900 + i], size=128).image for i in range(5)]
     fused = open_model(chest_dir, SIGMA, form="fused")  # the device memory decides the batch
-    size = fused.pack_size(images[0].shape, 100)
-    assert size >= 2, f"only {size} image(s) of 100 samples fit a batch on this GPU"
-    many = fused.sample_counts_many(images[:size], 100, 3, 10)
-    assert fused.record["packed_images"] == min(size, len(images)) and fused.record["batch_size"] == 100 * len(many)
-    for x, counts in zip(images, many):
-        assert np.array_equal(counts, fused.sample_counts(x, 100, 3, 10))
-    from certseg_rt.certify import certify
-
+    runs = list(count_runs(fused, [Run(x, 10, 100, tag=i) for i, x in enumerate(images)], 3))
+    packed = fused.record["packed_images"]
+    assert packed >= 2, f"only {packed} image(s) of 100 samples fit a batch on this GPU"
+    assert fused.record["batch_size"] == 100 * packed and [r.tag for r in runs] == list(range(5))
+    for x, run in zip(images, runs):
+        assert np.array_equal(run.counts, fused.sample_counts(x, 100, 3, 10))
     for x, cert in zip(images, certify_many(fused, images, n0=10, n=100, seed=5)):
         want = certify(fused, x, n0=10, n=100, seed=5)
         assert np.array_equal(cert.labels, want.labels) and np.array_equal(cert.pvalues, want.pvalues)

@@ -10,7 +10,7 @@ and an entry in ``ROW_KINDS``:
 * ``engine``: an engine directory of any registered backend (``runtime.backends.RUNNERS``), through
   ``CertifiedSegmenter``: keyed noise and votes in the compiled extension, table-lookup statistics;
 * ``throughput`` (GPU reference runners): images per second certifying held-out phantoms in turn, the samples of
-  several images packed into one batch where the runner packs (``packing.certify_many``).
+  several images packed into one batch where the runner packs images (``certify.certify_many``).
 
 GPU rows add their batch plan, compile record, device peak memory and forward-pass limit (``gpu.gpu_extras``).
 """
@@ -182,11 +182,11 @@ THROUGHPUT_SEED = 100
 
 def run_throughput(spec: dict) -> dict:
     """Images per second: ``spec["images"]`` held-out phantoms certified in turn (n0 + n each, seed 100), packed
-    where the runner packs, after a warm-up on the first pack (captures, compiles, cuDNN's autotuning)."""
+    where the runner packs images, after a warm-up on the same batches (captures, compiles, cuDNN's autotuning)."""
+    from ..certify import certify_many
     from ..data import HELD_OUT_SEEDS
     from ..data.modalities import get_modality
     from ..metrics import mean_foreground_dice
-    from ..packing import certify_many
     from .gpu import gpu_extras
     from .machine import peak_rss_mb
 
@@ -196,8 +196,9 @@ def run_throughput(spec: dict) -> dict:
     images = [ph.image for ph in phantoms]
     backend = _open_reference_backend(spec)
     kw = {"n0": n0, "n": n, "seed": THROUGHPUT_SEED}
-    pack = backend.pack_size(images[0].shape, max(n0, n)) if getattr(backend, "can_pack", False) else 1
-    certify_many(backend, images[:pack], **kw)  # warm-up: the timed run's batches (a group of `pack` images)
+    # warm-up on the timed run's batches (captures, compiles, cuDNN's autotuning): a runner that packs images
+    # cuts them into packs by their number, so it warms up on all of them
+    certify_many(backend, images if getattr(backend, "packs_images", False) else images[:1], **kw)
     start = time.perf_counter()
     certs = certify_many(backend, images, **kw)
     total = time.perf_counter() - start

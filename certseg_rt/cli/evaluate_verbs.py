@@ -215,21 +215,16 @@ def _finished_record(path: Path, params: dict) -> dict | None:
 
 
 def _evaluate_here(todo, backend, clean_fn, classes, sigma, params):
-    """The images evaluated in this process, one outcome each (as distributed.evaluate_on_ray yields them)."""
+    """The images evaluated in this process, one outcome each (as distributed.evaluate_on_ray yields them); GPU
+    runners pack several images' samples into one batch (evaluate.evaluate_samples)."""
     from ..distributed import Outcome
-    from ..evaluate import evaluate_sample
-    from ..packing import for_each_image
+    from ..evaluate import evaluate_samples
 
-    # GPU runners pack several images' samples into one batch (packing.py); others get each sample as it is.
-    for i, (sample, image_backend) in enumerate(for_each_image(todo, backend, params)):
-        try:
-            rec = evaluate_sample(sample, image_backend, clean_fn, classes, sigma=sigma, **params)
-            rec["seconds"] = round(rec["seconds"] + getattr(image_backend, "sampling_seconds", 0.0), 4)
-        except (CertsegError, ValueError) as e:
-            yield Outcome(i, reason=str(e).splitlines()[0] if str(e) else type(e).__name__)
-            continue
-        labels = rec.pop("_labels")
-        yield Outcome(i, record=rec, labels=labels)
+    for i, rec in evaluate_samples(todo, backend, clean_fn, classes, sigma=sigma, **params):
+        if isinstance(rec, Exception):
+            yield Outcome(i, reason=str(rec).splitlines()[0] if str(rec) else type(rec).__name__)
+        else:
+            yield Outcome(i, record=rec, labels=rec.pop("_labels"))
 
 
 def _ray_or_nothing(address):

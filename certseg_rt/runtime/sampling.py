@@ -2,6 +2,13 @@
 
 Noise is generated outside the graph (``certseg_rt.kernels``), keyed by (seed, sample index), so
 batching never changes which noise a sample sees and every backend sees the same noise.
+
+Packing, the one interface: a ``Run`` is samples first .. first + num - 1 of one image's noise stream, and
+``count_runs(backend, runs, seed)`` counts many runs (a volume's slices, a data set's images), each run's counts
+exactly what ``sample_counts(x, num, seed, first)`` gives it alone.  Where they share batches depends on the loop
+(``packs_runs``): the host loop fills every batch across run boundaries (``GraphBackend.count_runs``); a device
+loop that packs images (``packs_images``: torch-cuda fused and careful) puts consecutive runs with one (first, num)
+side by side, each image in the rows it has alone (``device_packs``); any other backend counts run by run.
 """
 from __future__ import annotations
 
@@ -130,11 +137,18 @@ class GraphBackend:
                 self.progress(b)
         return counts
 
+    # Whether count_runs puts several images' runs side by side in a device batch, each image in the rows it has
+    # alone (torch-cuda fused and careful): then certify_each and evaluate hand it many images at once.  The host
+    # loop shares batches too, but an image's batches then depend on its neighbours, so there images are certified
+    # one by one and a 2-D certificate stays the one `certify` (and a Ray worker) gives it.
+    packs_images = False
+
     @property
     def packs_runs(self) -> bool:
-        """Whether `count_runs` packs runs into shared batches: true for the host loop above; a backend that
-        overrides `sample_counts` with its own (device) loop counts each run with that loop instead."""
-        return type(self).sample_counts is GraphBackend.sample_counts
+        """Whether `count_runs` packs runs into shared batches: true for the host loop above and for a device loop
+        that packs images; another backend that overrides `sample_counts` (its own device loop) counts each run
+        with that loop instead."""
+        return self.packs_images or type(self).sample_counts is GraphBackend.sample_counts
 
     def count_runs(self, runs: Iterable[Run], seed: int) -> Iterator[Run]:
         """The votes of several runs of samples, packed into full batches: a batch may hold the last samples
@@ -200,7 +214,8 @@ class Run:
 
 def count_runs(backend, runs: Iterable[Run], seed: int) -> Iterator[Run]:
     """Each run's votes, yielded as it completes: packed into shared batches where the backend's loop can
-    (``GraphBackend.count_runs``), one ``sample_counts`` call per run otherwise (device loops, test backends)."""
+    (``packs_runs``: the host loop, device loops that pack images), one ``sample_counts`` call per run otherwise
+    (TensorRT, ONNX Runtime on a device, test backends)."""
     if getattr(backend, "packs_runs", False):
         yield from backend.count_runs(runs, seed)
         return
@@ -211,4 +226,25 @@ def count_runs(backend, runs: Iterable[Run], seed: int) -> Iterator[Run]:
         yield run
 
 
-# ---------------------------------------------------------------------------------------------- memory budget
+def device_packs(runs: Iterable[tuple[Run, np.ndarray]], capacity: Callable[[tuple, int], int]
+                 ) -> Iterator[tuple[list[tuple[Run, np.ndarray]], int]]:
+    """(pack, real): checked (run, image) pairs cut into packs for a device loop whose batch gives all its images one
+    sample offset (row r: sample first + r % m of image r // m).  Consecutive runs of one image shape with the same
+    (first, num) form a block, cut into the fewest equal packs of at most ``capacity(shape, num)`` images (the
+    static-per-call rule, applied to images), the last padded with copies of its last run, whose counts are dropped.
+    A run unlike its neighbours (a volume's slices: each has its own first sample) is a block of one, counted alone.
+    """
+    def cut(block):
+        size = equal_batches(len(block), capacity(block[0][1].shape, block[0][0].num))[0]
+        for i in range(0, len(block), size):
+            pack = block[i:i + size]
+            yield pack + [pack[-1]] * (size - len(pack)), len(pack)
+
+    block: list[tuple[Run, np.ndarray]] = []
+    for run, x in runs:
+        if block and (x.shape, run.first, run.num) != (block[0][1].shape, block[0][0].first, block[0][0].num):
+            yield from cut(block)
+            block = []
+        block.append((run, x))
+    if block:
+        yield from cut(block)

@@ -1,7 +1,8 @@
 """torch-cuda: DenoiseSegment on a CUDA device in fp32, fp16 or bf16 (autocast), in two forms.
 
-``fused``, the device loop at the device's limit.  A call (``sample_counts``: one image; ``sample_counts_many``:
-the samples of several images packed into one batch, each image with its own noise stream and counts) is::
+``fused``, the device loop at the device's limit.  A call (``sample_counts``: one image; ``count_runs``: the runs
+of several images with one (first, num) packed into one batch, each image with its own noise stream and counts,
+``torch_cuda_device.PackingLoop``) is::
 
     x (P images) copied in; the counter (seed, first sample, end) copied in from pinned host memory
     k replays of ONE captured CUDA graph (torch.cuda.CUDAGraph) of a batch of P x m rows:
@@ -20,7 +21,8 @@ One graph per (images, rows per image), at most ``MAX_GRAPHS`` per image shape; 
 batch and tries again.  Noise is the project's keyed Philox, so counts equal the eager form's at the same
 batch sizes, device and precision.  Packed images (``exact_packing``): at fp32 each image's rows go through the
 model on their own inside the graph (the batch it runs at alone: packing never changes a fp32 label), at
-fp16/bf16 the whole batch at once.
+fp16/bf16 the whole batch at once.  The packed kernels give every image of a batch one sample offset, so a
+volume's slices (each its own first sample) are counted slice by slice here.
 
 ``eager``, the weak PyTorch GPU baseline, kept to compare with the earlier measurements: the generic host loop
 (``GraphBackend.sample_counts``, batch 16 by default, static per call): Philox noise on the host, each batch copied
@@ -42,13 +44,14 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from ...errors import CertsegError, InputError
-from ..sampling import GraphBackend, check_input, equal_batches
+from ...errors import CertsegError
+from ..sampling import GraphBackend, equal_batches
 from .torch_compile import PARITY_SAMPLES, VARIANTS, CompiledModel, check_parity, graphs_so_far, label_agreement
 from .torch_cuda_device import (
     MAX_DEVICE_BATCH,
     WARMUP_STEPS,  # noqa: F401  (the stand-in in the tests mirrors it)
     CudaDevice,
+    PackingLoop,
     check_bf16,
     fit_device_batch,
     memory_budget,
@@ -78,7 +81,7 @@ def _word(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-class TorchCudaBackend(GraphBackend):
+class TorchCudaBackend(PackingLoop, GraphBackend):
     """DenoiseSegment on a CUDA device: ``form="fused"`` (the device loop) or ``"eager"`` (host noise and votes)."""
 
     name = "torch-cuda"
@@ -208,49 +211,24 @@ class TorchCudaBackend(GraphBackend):
     def compiled(self) -> bool:
         return isinstance(self.net, CompiledModel)
 
-    # ---- fused: calls -------------------------------------------------------------------------------------------
+    # ---- fused: calls (PackingLoop: sample_counts, count_runs, the out-of-memory halving) -------------------------
     def sample_counts(self, x: np.ndarray, num: int, seed: int, offset: int) -> np.ndarray:
         if self.form == "eager":
-            return super().sample_counts(x, num, seed, offset)
-        return self.sample_counts_many([x], num, seed, offset)[0]
+            return GraphBackend.sample_counts(self, x, num, seed, offset)
+        return super().sample_counts(x, num, seed, offset)
 
     @property
-    def can_pack(self) -> bool:
-        """Whether sample_counts_many runs several images in one batch (the packing of evaluate and throughput)."""
+    def packs_images(self) -> bool:
+        """The fused form packs images (count_runs); the eager one keeps the weak baseline's loop, run by run."""
         return self.form == "fused"
 
-    def pack_size(self, shape: tuple[int, int, int], num: int) -> int:
-        """Images whose `num` samples each fit one batch of images of `shape` (1 when one image's do not)."""
-        self._prepare(tuple(shape))
-        return max(1, self.batch_size // max(num, 1))
+    def _release(self) -> None:
+        self._graphs.clear()
+        self.gpu.release()
 
-    def sample_counts_many(self, xs: list[np.ndarray], num: int, seed: int, offset: int) -> list[np.ndarray]:
+    def _pack_counts(self, xs, num, seed, offset):
         """Counts of samples offset .. offset + num - 1 of noise stream `seed` for each image: the images' samples
-        packed into one batch, each image's noise and counts exactly what sample_counts gives it alone."""
-        if self.form == "eager":
-            return [self.sample_counts(x, num, seed, offset) for x in xs]
-        xs = [check_input(x, self.channels, self.size_multiple) for x in xs]
-        if not xs:
-            return []
-        if any(x.shape != xs[0].shape for x in xs):
-            raise InputError(f"packed images must share one shape, got {sorted({x.shape for x in xs})}")
-        self._prepare(xs[0].shape)
-        while True:
-            try:
-                return self._packed_counts(xs, num, seed, offset)
-            except torch.cuda.OutOfMemoryError:
-                if self.batch_size == 1:
-                    raise CertsegError("the GPU ran out of memory at a batch of one sample; free the GPU or lower "
-                                       "--max-memory for other processes")
-                self._graphs.clear()
-                self.gpu.release()
-                self.batch_size = max(1, self.batch_size // 2)  # and try again at half the batch
-                self.record["max_batch"] = self.batch_size
-
-    def _packed_counts(self, xs, num, seed, offset):
-        if len(xs) > self.batch_size:  # more images than samples a batch holds: in turn
-            return [c for i in range(0, len(xs), self.batch_size)
-                    for c in self._packed_counts(xs[i:i + self.batch_size], num, seed, offset)]
+        in one batch (at most batch_size images), each image's noise and counts exactly what it gets alone."""
         images = len(xs)
         rows, replays = equal_batches(num, self.batch_size // images)
         if offset + rows * replays > 1 << 64:
@@ -271,7 +249,7 @@ class TorchCudaBackend(GraphBackend):
                 self._step(images, rows)
             if self.progress is not None:
                 self.progress(min(rows, num - r * rows))  # enqueued, not finished: the copy below waits
-        host = used.cpu().numpy()  # waits for the stream: the one host round trip of the call
+        host = used.to("cpu", copy=True).numpy()  # the call's one host round trip (a copy on any device)
         if host[0] >= 0:
             raise CertsegError(f"label {host[0]} out of range for {self.num_classes} classes: the model's output does "
                                f"not match the class count it declares")

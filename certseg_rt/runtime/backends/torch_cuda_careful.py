@@ -13,9 +13,9 @@ Nothing of this project's machinery, only what such a user would do (``TorchCuda
 * argmax (in DenoiseSegment) and the per-class counts on the device; one host synchronisation per call (the copy of
   the counts and the largest label back).
 
-``sample_counts_many`` packs several images into a batch as a careful user evaluating a data set would: one noise
-draw per batch, added to every image of the pack (each image sees the noise it would see alone at the same batch
-partition), the counts kept per image.
+``count_runs`` packs several images into a batch as a careful user evaluating a data set would (the runs with one
+(first, num), ``torch_cuda_device.PackingLoop``): one noise draw per batch, added to every image of the pack (each
+image sees the noise it would see alone at the same batch partition), the counts kept per image.
 """
 from __future__ import annotations
 
@@ -24,12 +24,13 @@ import functools
 import numpy as np
 import torch
 
-from ...errors import CertsegError, InputError
-from ..sampling import GraphBackend, check_input, equal_batches
+from ...errors import CertsegError
+from ..sampling import GraphBackend, equal_batches
 from .torch_cuda import BATCH_RULE, describe_source
 from .torch_cuda_device import (
     MAX_DEVICE_BATCH,
     CudaDevice,
+    PackingLoop,
     check_bf16,
     fit_device_batch,
     memory_budget,
@@ -58,7 +59,7 @@ def generator_seed(seed: int, offset: int) -> int:
     return (int(state[0]) | int(state[1]) << 32) & ((1 << 63) - 1)
 
 
-class TorchCudaCarefulBackend(GraphBackend):
+class TorchCudaCarefulBackend(PackingLoop, GraphBackend):
     """The careful PyTorch GPU baseline (see the module docstring)."""
 
     name = "torch-cuda-careful"
@@ -96,38 +97,8 @@ class TorchCudaCarefulBackend(GraphBackend):
         self._shape = shape
         self.record["max_batch"] = self.batch_size
 
-    @property
-    def can_pack(self) -> bool:
-        return True
-
-    def pack_size(self, shape: tuple[int, int, int], num: int) -> int:
-        self._prepare(tuple(shape))
-        return max(1, self.batch_size // max(num, 1))
-
-    def sample_counts(self, x: np.ndarray, num: int, seed: int, offset: int) -> np.ndarray:
-        return self.sample_counts_many([x], num, seed, offset)[0]
-
-    def sample_counts_many(self, xs: list[np.ndarray], num: int, seed: int, offset: int) -> list[np.ndarray]:
-        xs = [check_input(x, self.channels, self.size_multiple) for x in xs]
-        if not xs:
-            return []
-        if any(x.shape != xs[0].shape for x in xs):
-            raise InputError(f"packed images must share one shape, got {sorted({x.shape for x in xs})}")
-        self._prepare(xs[0].shape)
-        while True:
-            try:
-                return self._counts(xs, num, seed, offset)
-            except torch.cuda.OutOfMemoryError:
-                if self.batch_size == 1:
-                    raise CertsegError("the GPU ran out of memory at a batch of one sample; free the GPU")
-                self.gpu.release()
-                self.batch_size = max(1, self.batch_size // 2)
-                self.record["max_batch"] = self.batch_size
-
-    def _counts(self, xs, num, seed, offset):
-        if len(xs) > self.batch_size:
-            return [c for i in range(0, len(xs), self.batch_size)
-                    for c in self._counts(xs[i:i + self.batch_size], num, seed, offset)]
+    def _pack_counts(self, xs, num, seed, offset):
+        """One pack (PackingLoop): at most batch_size images, one noise draw per batch added to each of them."""
         dev, images, (c, h, w) = self.gpu.device, len(xs), xs[0].shape
         rows, batches = equal_batches(num, self.batch_size // images)
         x = torch.from_numpy(np.stack(xs)).to(dev)

@@ -4,7 +4,8 @@
 memory, timing, torch's device generator), so the runners' host-side logic (plans, buffers, counters, the record)
 runs on machines without a GPU against a stand-in for it (tests/test_torch_cuda.py: ``HostStandIn``).  Also here:
 what a torch-cuda runner needs before it starts (``require_cuda``), the precision a model runs at
-(``model_precision``) and the device batch policy (``fit_device_batch``).
+(``model_precision``), the device batch policy (``fit_device_batch``) and the loop the two packing runners share
+(``PackingLoop``: runs in packs, out-of-memory halving).
 
 Documentation used: torch.cuda.graphs ("CUDA Graphs" notes: warm up on a side stream before capture, static
 inputs and outputs, autocast with cache_enabled=False), torch.Tensor.__dlpack__ (stream=-1: no cross-stream
@@ -14,12 +15,14 @@ torch.cuda.max_memory_allocated / reset_peak_memory_stats, torch.cuda.Event(enab
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 
 from ...errors import CertsegError
 from ..memory import MemoryEstimate, fit_batch_size
+from ..sampling import Run, device_packs
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 WARMUP_STEPS = 2  # runs of a step on a side stream before capture (cuDNN/cuBLAS set-up, lazy loads, autotuning)
@@ -198,3 +201,58 @@ def fit_device_batch(gpu, run: Callable[[torch.Tensor], object], shape: tuple[in
                            f"memory, over the budget of {max(budget, 0) / 2**20:.0f} MiB; raise --max-memory or free "
                            f"the GPU")
     return cap, estimate
+
+
+class PackingLoop:
+    """The loop of the runners that pack images (torch-cuda fused and careful), a mixin before GraphBackend.
+
+    ``count_runs`` cuts the runs into packs (``sampling.device_packs``: consecutive runs with one (first, num) side
+    by side, the fewest equal packs that fit a batch, padded to one size per data set) and counts each pack in one
+    call; ``sample_counts`` is a pack of one.  An out-of-memory halves the batch and tries the call again.  A runner
+    defines ``_prepare(shape)`` (its buffers and ``batch_size`` for images of that shape) and ``_pack_counts(xs,
+    num, seed, offset)`` (at most batch_size images -> each image's int32 counts)."""
+
+    packs_images = True
+
+    def sample_counts(self, x, num: int, seed: int, offset: int) -> np.ndarray:
+        return self._count_pack([self.check_image(x)], num, seed, offset)[0]
+
+    def count_runs(self, runs: Iterable[Run], seed: int) -> Iterator[Run]:
+        """Each run's counts, exactly what sample_counts gives it alone (its own noise: seed, sample index), yielded
+        as its pack completes, in order."""
+        def checked():
+            for run in runs:
+                if run.num < 1:
+                    raise ValueError(f"a run counts at least one sample, got num={run.num}")
+                yield run, self.check_image(run.x)
+
+        for pack, real in device_packs(checked(), self._capacity):
+            head = pack[0][0]
+            counts = self._count_pack([x for _, x in pack], head.num, seed, head.first)
+            for (run, _), c in zip(pack[:real], counts):
+                run.counts = c if run.counts is None else run.counts + c
+                run.counted = run.num
+                yield run
+
+    def _capacity(self, shape: tuple[int, int, int], num: int) -> int:
+        """Images whose `num` samples each fit one batch of images of `shape` (1 when one image's do not)."""
+        self._prepare(tuple(shape))
+        return max(1, self.batch_size // num)
+
+    def _count_pack(self, xs: list[np.ndarray], num: int, seed: int, offset: int) -> list[np.ndarray]:
+        self._prepare(xs[0].shape)
+        while True:
+            try:  # more images than a batch holds samples (after a halving): in turn
+                step = self.batch_size
+                return [c for i in range(0, len(xs), step)
+                        for c in self._pack_counts(xs[i:i + step], num, seed, offset)]
+            except torch.cuda.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise CertsegError("the GPU ran out of memory at a batch of one sample; free the GPU or lower "
+                                       "--max-memory for other processes")
+                self._release()
+                self.batch_size = max(1, self.batch_size // 2)  # and try again at half the batch
+                self.record["max_batch"] = self.batch_size
+
+    def _release(self) -> None:
+        self.gpu.release()
