@@ -40,7 +40,8 @@ def user_errors(fn):
 
 
 EXTRA_OF = {"torch": "export", "diffusers": "export", "safetensors": "export", "onnx": "export",
-             "onnxruntime": "cpu", "matplotlib": "plots", "tensorrt": "gpu"}
+             "onnxruntime": "cpu", "matplotlib": "plots", "tensorrt": "gpu", "nibabel": "nifti", "nrrd": "nrrd",
+             "pydicom": "dicom"}
 
 
 def smoothing_options(fn):
@@ -144,10 +145,11 @@ def check_batch_size(batch_size: int | None) -> None:
 
 
 def open_backend(model: str, engine: Path | None, sigma: float | None, batch_size: int | None, denoiser: bool = True,
-                 threads: int | None = None, max_memory: int | None = None, cache_dir=None,
-                 calls: tuple[int, ...] | None = None):
-    """(backend, classes) for the torch reference (a model) or a built engine directory; an engine is made ready
-    for calls of ``calls`` samples (n0 and n: compiled at open, or imported from the cache ``cache_dir``)."""
+                 threads: int | None = None, max_memory: int | None = None, reference: str | None = None,
+                 cache_dir=None, calls: tuple[int, ...] | None = None):
+    """(backend, classes) for a reference runner on a model (default: the CPU torch reference; `reference` is
+    RUNNER[:PRECISION[:LAYOUT|VARIANT]], e.g. torch-cuda-fused:fp16) or a built engine directory; an engine is made
+    ready for calls of ``calls`` samples (n0 and n: compiled at open, or imported from the cache ``cache_dir``)."""
     check_batch_size(batch_size)
     if threads is not None and threads < 1:
         raise CertsegError(f"--threads {threads} must be >= 1 (omit it for the default)")
@@ -158,10 +160,13 @@ def open_backend(model: str, engine: Path | None, sigma: float | None, batch_siz
                                       cache_dir=cache_dir, calls=calls)
         seg._check_sigma(sigma)
         return seg.backend, seg.classes
-    from ..runtime.backends import open_model
+    from ..runtime.backends import REFERENCES, open_model, parse_reference
 
-    backend = open_model(model_dir(model), DEFAULTS["sigma"] if sigma is None else sigma,
-                         batch_size=batch_size or REFERENCE_BATCH, denoiser=denoiser, threads=threads, max_memory=max_memory)
+    name, precision, layout, variant = parse_reference(reference or "torch-eager")
+    default_batch = None if REFERENCES[name].gpu else REFERENCE_BATCH  # on a GPU the device memory decides
+    backend = open_model(model_dir(model), DEFAULTS["sigma"] if sigma is None else sigma, name=name,
+                         precision=precision, layout=layout, variant=variant, batch_size=batch_size or default_batch,
+                         denoiser=denoiser, threads=threads, max_memory=max_memory)
     return backend, backend.source.classes
 
 
@@ -170,8 +175,8 @@ def intake_options(fn):
     opts = [
         click.option("--model", default="chest", show_default=True, help="bundled model name or model directory"),
         click.option("--segmenter", default=None,
-                     help="your segmenter: an ONNX file, a TorchScript file, or 'package.module:factory' with "
-                          "--segmenter-weights"),
+                     help="your segmenter: an ONNX file, a TorchScript file, or a factory with --segmenter-weights: "
+                          "'package.module:factory', or 'path/to/models.py:factory' (that file alone)"),
         click.option("--segmenter-weights", type=click.Path(path_type=Path), default=None,
                      help="weights for a factory segmenter: .safetensors, or a torch state dict (.pt/.pth/.bin)"),
         click.option("--segmenter-kwargs", default=None, help="JSON keyword arguments for the factory"),

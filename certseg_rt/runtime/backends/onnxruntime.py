@@ -79,9 +79,9 @@ class OnnxRuntimeBackend(GraphBackend):
         self.session.run_with_iobinding(self._binding(x_noisy))
         return self._labels[:x_noisy.shape[0]]
 
-    def sample_counts(self, x, num, seed, offset):
+    def check_image(self, x):
         check_engine_size(x, self.height, self.width)
-        return super().sample_counts(x, num, seed, offset)
+        return super().check_image(x)
 
 
 def check_versions(manifest: dict) -> None:

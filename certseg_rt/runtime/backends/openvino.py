@@ -218,9 +218,9 @@ class OpenVinoBackend(GraphBackend):
         self._run(x_noisy, self._labels[:b])
         return self._labels[:b]
 
-    def sample_counts(self, x, num, seed, offset):
+    def check_image(self, x):
         check_engine_size(x, self.height, self.width, "--backend openvino ")
-        return super().sample_counts(x, num, seed, offset)
+        return super().check_image(x)
 
 
 class OpenVinoSegmenter:
