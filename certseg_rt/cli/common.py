@@ -40,7 +40,8 @@ def user_errors(fn):
 
 
 EXTRA_OF = {"torch": "export", "diffusers": "export", "safetensors": "export", "onnx": "export",
-             "onnxruntime": "cpu", "matplotlib": "plots", "tensorrt": "gpu"}
+             "onnxruntime": "cpu", "matplotlib": "plots", "tensorrt": "gpu", "mrcfile": "data", "nrrd": "data",
+             "nibabel": "data", "pydicom": "data"}
 
 
 def smoothing_options(fn):
