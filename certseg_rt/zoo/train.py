@@ -37,18 +37,24 @@ from ..export.denoise_segment import OneStepDenoiser
 from .unet import SegUNet
 
 # Network sizes per modality: chest (4 classes, the default model) wider than the binary colour tasks.
+# abdominal-ct: the real-data model of train_ct.py (grayscale CT slices), sized for the 10 MB weight budget.
 WIDTHS = {"chest": {"segmenter": [12, 24, 48, 64], "denoiser": [8, 16, 32, 64]},
           "skin": {"segmenter": [8, 16, 32, 48], "denoiser": [8, 16, 32, 48]},
-          "polyp": {"segmenter": [8, 16, 32, 48], "denoiser": [8, 16, 32, 48]}}
+          "polyp": {"segmenter": [8, 16, 32, 48], "denoiser": [8, 16, 32, 48]},
+          "abdominal-ct": {"segmenter": [8, 16, 32, 48], "denoiser": [8, 16, 32, 32]}}
 
 
-def segmenter_kwargs(modality: str) -> dict:
-    m = get_modality(modality)
-    return {"in_channels": m.channels, "num_classes": len(m.classes), "widths": WIDTHS[modality]["segmenter"]}
+def _channels(modality: str) -> int:
+    return get_modality(modality).channels if modality in MODALITIES else 1  # real-data models: grayscale
+
+
+def segmenter_kwargs(modality: str, classes=None) -> dict:
+    classes = get_modality(modality).classes if classes is None else classes
+    return {"in_channels": _channels(modality), "num_classes": len(classes), "widths": WIDTHS[modality]["segmenter"]}
 
 
 def denoiser_kwargs(modality: str) -> dict:
-    channels = get_modality(modality).channels
+    channels = _channels(modality)
     return {"sample_size": 128, "in_channels": channels, "out_channels": channels, "layers_per_block": 1,
             "block_out_channels": WIDTHS[modality]["denoiser"], "norm_num_groups": 4, "add_attention": False,
             "down_block_types": ["DownBlock2D"] * 4, "up_block_types": ["UpBlock2D"] * 4}
@@ -100,9 +106,24 @@ def train_denoiser(images, steps, batch, crop, rng, out_dir, modality, dtype):
     return unet, sched, time.time() - t0
 
 
-def train_segmenter(sets, steps, rng, modality, denoise_fn=None, plain_sigma=None, init=None, lr=3e-3):
-    """sets: [(images, masks, batch)], taken in turn (one per resolution); init: weights to start from."""
-    model = SegUNet(**segmenter_kwargs(modality))
+def noisy_then_denoised(unet, sched):
+    """fn(x, sigma): x plus Gaussian noise of std sigma, then one-step denoised (the segmenter's input when certified)."""
+    denoisers = {}
+
+    def denoise_fn(x, sigma):
+        step = timestep_for_sigma(sched.alphas_cumprod.numpy(), sigma)
+        if step.timestep not in denoisers:
+            denoisers[step.timestep] = OneStepDenoiser(unet, step)
+        return denoisers[step.timestep](x + sigma * torch.randn_like(x))
+    return denoise_fn
+
+
+def train_segmenter(sets, steps, rng, modality, denoise_fn=None, plain_sigma=None, init=None, lr=3e-3, classes=None,
+                    denoise_together=False):
+    """sets: [(images, masks, batch)], taken in turn (one per resolution); init: weights to start from;
+    denoise_together: the denoised third of a batch shares one sigma per step and goes through the denoiser
+    in one call (several times faster on a CPU; the phantom models were trained one sample at a time)."""
+    model = SegUNet(**segmenter_kwargs(modality, classes))
     if init is not None:
         from ..export.loaders import load_safetensors_into
 
@@ -123,8 +144,11 @@ def train_segmenter(sets, steps, rng, modality, denoise_fn=None, plain_sigma=Non
             s = torch.rand(batch) * 0.55
             x[third:] = x[third:] + s[third:].view(-1, 1, 1, 1) * torch.randn_like(x[third:])
             with torch.no_grad():
-                for i in range(2 * third, batch):
-                    x[i:i + 1] = denoise_fn(x[i:i + 1], float(rng.uniform(0.2, 0.55)))
+                if denoise_together:
+                    x[2 * third:] = denoise_fn(x[2 * third:], float(rng.uniform(0.2, 0.55)))
+                else:
+                    for i in range(2 * third, batch):
+                        x[i:i + 1] = denoise_fn(x[i:i + 1], float(rng.uniform(0.2, 0.55)))
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -135,16 +159,17 @@ def train_segmenter(sets, steps, rng, modality, denoise_fn=None, plain_sigma=Non
     return model, time.time() - t0
 
 
-def save_segmenter(model, out_dir, size, modality, dtype):
+def save_segmenter(model, out_dir, size, modality, dtype, classes=None):
     from safetensors.torch import save_file
 
     save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()},
               str(out_dir / "segmenter.safetensors"))
-    kwargs = segmenter_kwargs(modality)
+    classes = get_modality(modality).classes if classes is None else classes
+    kwargs = segmenter_kwargs(modality, classes)
     config = {
         "factory": "certseg_rt.zoo.unet:SegUNet",
         "kwargs": kwargs,
-        "classes": list(get_modality(modality).classes),
+        "classes": list(classes),
         "modality": modality,
         "input": {"channels": kwargs["in_channels"], "height": size, "width": size, "range": [0.0, 1.0],
                   "size_multiple": 2 ** (len(kwargs["widths"]) - 1)},
@@ -200,14 +225,7 @@ def main(argv=None):
         else:
             unet, sched, den_s = train_denoiser(images, args.denoiser_steps, 32, 64, rng, args.out, args.modality,
                                                 dtype)
-        denoisers = {}
-
-        def denoise_fn(x, sigma):
-            step = timestep_for_sigma(sched.alphas_cumprod.numpy(), sigma)
-            if step.timestep not in denoisers:
-                denoisers[step.timestep] = OneStepDenoiser(unet, step)
-            return denoisers[step.timestep](x + sigma * torch.randn_like(x))
-
+        denoise_fn = noisy_then_denoised(unet, sched)
         init = args.out / "segmenter.safetensors" if args.finetune else None
         seg, seg_s = train_segmenter(sets, args.segmenter_steps, rng, args.modality, denoise_fn=denoise_fn,
                                      init=init, lr=1e-3 if args.finetune else 3e-3)
