@@ -40,5 +40,5 @@ def info(as_json):
                    f"cuda {'yes' if EXTENSION_STATUS['cuda'] else 'no'}")
         click.echo("bundled models (--model NAME):")
         for name, m in data["models"].items():
-            click.echo(f"  {name:<18} {m['modality'] or '-':<6} {m['channels']} ch, {len(m['classes'])} classes, "
+            click.echo(f"  {name:<18} {m['modality'] or '-':<13} {m['channels']} ch, {len(m['classes'])} classes, "
                        f"{'denoiser + segmenter' if m['denoiser'] else 'segmenter only (plain smoothing)'}")
