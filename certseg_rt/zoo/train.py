@@ -118,18 +118,38 @@ def noisy_then_denoised(unet, sched):
     return denoise_fn
 
 
+def soft_dice_loss(logits: torch.Tensor, y: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """1 - mean soft Dice over the (image, foreground class) pairs whose class the image's labels hold.
+
+    Per image, so a small liver cross-section weighs as much as a large one -- as in the mean per-slice
+    Dice the model is judged by -- where cross-entropy counts pixels.  Ignored pixels count for neither."""
+    valid = (y != ignore_index).unsqueeze(1).float()
+    probs = logits.softmax(1)[:, 1:] * valid
+    target = nn.functional.one_hot(y.clamp(max=logits.shape[1] - 1) * (y != ignore_index), logits.shape[1])
+    target = target.permute(0, 3, 1, 2)[:, 1:].float() * valid
+    inter, total = (probs * target).sum((2, 3)), (probs + target).sum((2, 3))
+    present = target.sum((2, 3)) > 0
+    if not present.any():
+        return logits.sum() * 0
+    return 1 - ((2 * inter + 1) / (total + 1))[present].mean()
+
+
 def train_segmenter(sets, steps, rng, modality, denoise_fn=None, plain_sigma=None, init=None, lr=3e-3, classes=None,
-                    denoise_together=False):
+                    denoise_together=False, dice_weight=0.0, validate=None):
     """sets: [(images, masks, batch)], taken in turn (one per resolution); init: weights to start from;
     denoise_together: the denoised third of a batch shares one sigma per step and goes through the denoiser
-    in one call (several times faster on a CPU; the phantom models were trained one sample at a time)."""
+    in one call (several times faster on a CPU; the phantom models were trained one sample at a time);
+    dice_weight: loss = cross-entropy + dice_weight * soft Dice (labels 255 are skipped by both);
+    validate: (every, fn(model) -> dict) called every `every` steps and at the end, its results returned.
+    Returns (model, seconds, validation history)."""
     model = SegUNet(**segmenter_kwargs(modality, classes))
     if init is not None:
         from ..export.loaders import load_safetensors_into
 
         load_safetensors_into(model, init)
+    model = model.to(memory_format=torch.channels_last)  # about 1.7x faster convolutions on a CPU
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    t0 = time.time()
+    t0, history = time.time(), []
     for step in range(steps):
         _cosine_lr(opt, step, steps, lr)
         images, masks, batch = sets[step % len(sets)]
@@ -149,14 +169,23 @@ def train_segmenter(sets, steps, rng, modality, denoise_fn=None, plain_sigma=Non
                 else:
                     for i in range(2 * third, batch):
                         x[i:i + 1] = denoise_fn(x[i:i + 1], float(rng.uniform(0.2, 0.55)))
-        loss = nn.functional.cross_entropy(model(x), y)
+        logits = model(x.contiguous(memory_format=torch.channels_last))
+        loss = nn.functional.cross_entropy(logits, y, ignore_index=255)
+        if dice_weight:
+            loss = loss + dice_weight * soft_dice_loss(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 100 == 0 or step == steps - 1:
             _log(f"segmenter step {step}/{steps} loss {loss.item():.4f}")
+        if validate is not None and ((step + 1) % validate[0] == 0 or step == steps - 1):
+            model.eval()
+            with torch.no_grad():
+                history.append({"step": step + 1, **validate[1](model)})
+            model.train()
+            _log(f"validation {history[-1]}")
     model.eval()
-    return model, time.time() - t0
+    return model.to(memory_format=torch.contiguous_format), time.time() - t0, history
 
 
 def save_segmenter(model, out_dir, size, modality, dtype, classes=None):
@@ -214,7 +243,7 @@ def main(argv=None):
            "modality": args.modality, "phantoms": args.phantoms, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
     if args.plain_sigma is not None:
-        seg, seg_s = train_segmenter(sets, args.segmenter_steps, rng, args.modality, plain_sigma=args.plain_sigma)
+        seg, seg_s, _ = train_segmenter(sets, args.segmenter_steps, rng, args.modality, plain_sigma=args.plain_sigma)
         log.update(segmenter_steps=args.segmenter_steps, segmenter_seconds=round(seg_s, 1), plain_sigma=args.plain_sigma)
     else:
         if args.finetune:
@@ -227,7 +256,7 @@ def main(argv=None):
                                                 dtype)
         denoise_fn = noisy_then_denoised(unet, sched)
         init = args.out / "segmenter.safetensors" if args.finetune else None
-        seg, seg_s = train_segmenter(sets, args.segmenter_steps, rng, args.modality, denoise_fn=denoise_fn,
+        seg, seg_s, _ = train_segmenter(sets, args.segmenter_steps, rng, args.modality, denoise_fn=denoise_fn,
                                      init=init, lr=1e-3 if args.finetune else 3e-3)
         if args.finetune:  # the log keeps how the model was first trained, and adds this step
             log = {**json.loads((args.out / "training.json").read_text()),
