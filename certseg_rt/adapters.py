@@ -150,6 +150,15 @@ class ReplicatedInput:
     def sample_counts(self, x: np.ndarray, num: int, seed: int, offset: int) -> np.ndarray:
         return self.backend.sample_counts(self.adapter.image(x), num, seed, offset)
 
+    def count_runs(self, runs, seed: int):
+        """The runs' votes (runtime.sampling.count_runs: packed where the backend packs), each image replicated
+        first; yields the backend's runs (copies with the same tags)."""
+        from dataclasses import replace
+
+        from .runtime.sampling import count_runs
+
+        return count_runs(self.backend, (replace(r, x=self.adapter.image(r.x)) for r in runs), seed)
+
     @property
     def progress(self):
         return self.backend.progress

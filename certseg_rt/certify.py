@@ -20,6 +20,9 @@ Fischer et al. 2021) stays that pixel's label for every perturbation of the inpu
 below the radius.  The family of tests is the image's pixels; abstentions (label 255) are the
 price of that family-wise control and are never counted as certified.
 
+Several images (``certify_many``: evaluate, the bench's throughput rows) are the same CERTIFY per image; where a
+device loop packs images, their runs of samples share its batches (runtime/sampling.py), never their samples.
+
 PREDICT(x, n, alpha): the smoothed prediction without a radius: per pixel the top two classes
 of n samples; abstain unless a two-sided binomial test rejects "both equally likely" (Holm or
 Bonferroni over pixels at level alpha).  With probability >= 1 - alpha every returned label is
@@ -176,12 +179,44 @@ def certify(backend: Backend, x: np.ndarray, *, n0: int = 10, n: int = 100, tau:
     start = time.perf_counter()
     counts0 = backend.sample_counts(x, n0, seed, offset=0)
     counts = backend.sample_counts(x, n, seed, offset=n0)
+    return _certificate(backend, counts0, counts, n=n, tau=tau, alpha=alpha, correction=correction, seed=seed,
+                        seconds=time.perf_counter() - start)
+
+
+def _certificate(backend, counts0, counts, *, n, tau, alpha, correction, seed, seconds) -> Certificate:
     cert = certify_from_counts(counts0, counts, n=n, sigma=backend.sigma, tau=tau, alpha=alpha,
                                correction=correction)
     cert.seed = seed
     cert.record.update(getattr(backend, "record", {"backend": backend.name}))
-    cert.record["seconds"] = round(time.perf_counter() - start, 4)
+    cert.record["seconds"] = round(seconds, 4)
     return cert
+
+
+def certify_many(backend: Backend, images: list[np.ndarray], *, n0: int = 10, n: int = 100, tau: float = 0.75,
+                 alpha: float = 0.001, seed: int = 0, correction: str = "holm", pad_to: int = 0) -> list[Certificate]:
+    """CERTIFY for each image, with the same seed for each (as evaluate does): each certificate is the one `certify`
+    gives that image alone.  Where the backend packs images (``packs_images``: torch-cuda fused and careful), their
+    runs go to ``runtime.sampling.count_runs`` together, the selection runs (samples 0 .. n0 - 1 of each image),
+    then the estimation runs (n0 .. n0 + n - 1), so the device loop puts several images' samples in each batch;
+    `pad_to`: that many images at least, the last one copied (so every call of a data set runs at one batch size),
+    and each certificate's ``seconds`` is its share.  Elsewhere each image is certified as `certify` does (the host
+    loop would share batches between images, and a certificate would depend on its neighbours)."""
+    kw = {"n0": n0, "n": n, "tau": tau, "alpha": alpha, "seed": seed, "correction": correction}
+    if not getattr(backend, "packs_images", False) or not images:
+        return [certify(backend, x, **kw) for x in images]
+    check_parameters(**kw)
+    from .runtime.sampling import Run, count_runs
+
+    start = time.perf_counter()
+    xs = [*images, *[images[-1]] * (pad_to - len(images))]
+    runs = [Run(x, first, num, tag=i) for first, num in ((0, n0), (n0, n)) for i, x in enumerate(xs)]
+    counts = {(run.first, run.tag): run.counts for run in count_runs(backend, runs, seed)}
+    certs = [_certificate(backend, counts[0, i], counts[n0, i], n=n, tau=tau, alpha=alpha, correction=correction,
+                          seed=seed, seconds=0.0) for i in range(len(images))]
+    share = round((time.perf_counter() - start) / len(images), 4)
+    for cert in certs:
+        cert.record["seconds"] = share
+    return certs
 
 
 @dataclass

@@ -14,22 +14,13 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 from .errors import CertsegError, InputError
+from .limits import MAX_PIXELS, check_image_size
+from .medical_io import is_medical, read_medical_image
 
 # Colours of the overlay: one per class (background transparent), abstained pixels magenta.
 CLASS_COLOURS = np.array([[0, 0, 0], [46, 134, 222], [39, 174, 96], [231, 76, 60],
                           [241, 196, 15], [155, 89, 182], [26, 188, 156], [230, 126, 34]], np.uint8)
 ABSTAIN_COLOUR = np.array([255, 0, 255], np.uint8)
-
-# The largest image certseg-rt takes (height x width).  Larger ones are refused before their pixels are
-# decoded: a batch of noisy copies of a 64-megapixel image alone would take gigabytes.
-MAX_PIXELS = 4096 * 4096
-
-
-def check_image_size(height: int, width: int, what: str = "image",
-                     fix: str = "downsample it to the model's input size") -> None:
-    if height * width > MAX_PIXELS:
-        raise InputError(f"{what} is {height}x{width} ({height * width / 1e6:.1f} megapixels); certseg-rt takes images "
-                         f"up to {MAX_PIXELS / 1e6:.1f} megapixels (e.g. 4096x4096): {fix}")
 
 
 @contextmanager
@@ -130,9 +121,7 @@ def read_image(path: Path, channels: int = 1, note=None) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"image {path} does not exist (or is not a file)")
     mode = "npy"
-    if path.name.lower().endswith((".nii", ".nii.gz", ".dcm")):  # medical_io.MEDICAL_SUFFIXES; a.nii.gz's suffix is .gz
-        from .medical_io import read_medical_image  # imported here: medical_io imports this module
-
+    if is_medical(path):
         a, mode = read_medical_image(path), "float"  # (H, W) or (H, W, 3), min-max normalised to [0, 1]
     elif path.suffix.lower() == ".npy":
         try:

@@ -1,8 +1,9 @@
-"""NIfTI (.nii, .nii.gz) and DICOM (.dcm) images and label masks, for `certify` and `evaluate`.
+"""NIfTI (.nii, .nii.gz) and DICOM (.dcm) 2-D images and label masks, for `certify` and `evaluate`.
 
-certseg-rt certifies 2-D images, so a file must hold one slice: a 2-D NIfTI image or a volume with a
-single slice, a single-frame DICOM.  nibabel and pydicom are optional (the extras ``nifti`` and
-``dicom``) and imported only when such a file is read.
+Here a file holds one slice: a 2-D NIfTI image or a volume with a single slice, a single-frame DICOM.
+Volumes (NIfTI of several slices, NRRD, DICOM series) are read with their geometry by
+``certseg_rt.volumes``, which takes its file helpers from here.  nibabel and pydicom are optional (the
+extras ``nifti`` and ``dicom``) and imported only when such a file is read.
 
 Images come back in modality units (e.g. Hounsfield units for CT); `to_unit_range` maps them to the
 [0, 1] the models take.  Masks (`read_label_volume`) are integer class indices and are never rescaled.
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .io import check_image_size
+from .limits import check_image_size
 
 # Lower case; no suffix here ends another one, so `name.lower().endswith(...)` is unambiguous.
 MEDICAL_SUFFIXES = (".nii", ".nii.gz", ".dcm")
@@ -27,14 +28,14 @@ def is_medical(path) -> bool:
     return Path(path).name.lower().endswith(MEDICAL_SUFFIXES)
 
 
-def _require(module: str, extra: str, path: Path):
+def require(module: str, extra: str, path: Path):
     try:
         return importlib.import_module(module)
     except ImportError:
         raise InputError(f"reading {path} needs {module}, which is not installed: pip install 'certseg-rt[{extra}]'")
 
 
-def _one_line(e: Exception) -> str:
+def one_line(e: Exception) -> str:
     return " ".join(str(e).split())  # nibabel's and pydicom's messages may span lines; errors are printed as one
 
 
@@ -45,18 +46,19 @@ def read_nifti(path) -> np.ndarray:
     in the header (scl_slope, scl_inter) is applied.
     """
     path = Path(path)
-    nib = _require("nibabel", "nifti", path)
+    nib = require("nibabel", "nifti", path)
     try:
         img = nib.load(str(path))
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError) as e:
-        raise InputError(f"cannot read {path} as NIfTI ({_one_line(e)}); the file is truncated or not NIfTI: give "
+        raise InputError(f"cannot read {path} as NIfTI ({one_line(e)}); the file is truncated or not NIfTI: give "
                          f"a .nii or .nii.gz file, or a PNG/.npy")
     shape = tuple(int(d) for d in img.shape)
     if len(shape) < 2 or min(shape) == 0:
         raise InputError(f"{path} has shape {shape}; expected a 2-D image (a NIfTI of shape (X, Y) or (X, Y, 1))")
     if any(d != 1 for d in shape[2:]):
         index = ", ".join([":", ":", "k"] + ["0"] * (len(shape) - 3))
-        raise InputError(f"{path} is a volume of shape {shape}; certseg-rt certifies 2-D images: save one slice k, "
+        raise InputError(f"{path} is a volume of shape {shape}, and this reads 2-D images: certify it whole "
+                         f"(certseg-rt certify {path.name}; certseg_rt.volumes.open_volume) or save one slice k, "
                          f"e.g. with nibabel: img = nibabel.load(path); nibabel.save(nibabel.Nifti1Image("
                          f"img.dataobj[{index}], img.affine), 'slice_k.nii.gz')")
     # Checked on the header, before the voxels are decoded.  NIfTI's first axis is x (columns).
@@ -64,7 +66,7 @@ def read_nifti(path) -> np.ndarray:
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape[:2])
     except (OSError, EOFError, ValueError, TypeError) as e:  # a truncated or corrupt .nii.gz, an odd dtype
-        raise InputError(f"cannot read the voxels of {path} ({_one_line(e)}); the file is truncated or corrupt: "
+        raise InputError(f"cannot read the voxels of {path} ({one_line(e)}); the file is truncated or corrupt: "
                          f"re-export it")
     # NIfTI indexes voxels as data[x, y]: the first axis runs along the columns of a displayed slice,
     # the second along its rows.  certseg-rt's arrays are (rows, columns), as in PNG, numpy images and
@@ -79,14 +81,14 @@ _PARSE_ERRORS = (OSError, EOFError, ValueError, TypeError, KeyError, AttributeEr
 
 def _read_dicom_pixels(path: Path, what: str):
     """(dataset, pixel array as stored) of a single-frame DICOM file; InputError for anything unusable."""
-    pydicom = _require("pydicom", "dicom", path)
+    pydicom = require("pydicom", "dicom", path)
     try:
         ds = pydicom.dcmread(str(path))
     except pydicom.errors.InvalidDicomError:  # its message suggests force=True, which certseg-rt does not offer
         raise InputError(f"{path} is not a DICOM file (no 'DICM' header); give a DICOM Part 10 file or convert "
                          f"the {what} to PNG/.npy")
     except _PARSE_ERRORS as e:
-        raise InputError(f"cannot read {path} as DICOM ({_one_line(e)}); the file is truncated or damaged: "
+        raise InputError(f"cannot read {path} as DICOM ({one_line(e)}); the file is truncated or damaged: "
                          f"re-export it, or convert the {what} to PNG/.npy")
     frames = int(ds.get("NumberOfFrames") or 1)
     if frames > 1:
@@ -104,9 +106,9 @@ def _read_dicom_pixels(path: Path, what: str):
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         if syntax is not None and syntax.is_compressed:
             raise InputError(f"cannot decode {path}: its pixels are compressed ({syntax.name}) and pydicom could "
-                             f"not decode them ({_one_line(e)}); install the decoders (pip install pylibjpeg "
+                             f"not decode them ({one_line(e)}); install the decoders (pip install pylibjpeg "
                              f"pylibjpeg-libjpeg pylibjpeg-openjpeg) or decompress the file (gdcmconv --raw)")
-        raise InputError(f"cannot decode the pixels of {path} ({_one_line(e)}); the file is damaged or its image "
+        raise InputError(f"cannot decode the pixels of {path} ({one_line(e)}); the file is damaged or its image "
                          f"attributes are inconsistent: re-export it")
     return ds, pixels
 

@@ -7,9 +7,30 @@ n + 1 distinct values and are looked up in a table instead of being computed per
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import beta, binom, norm
 
 CORRECTIONS = ("holm", "bonferroni")
+
+
+def load_tail_functions() -> None:
+    """Import what ``upper_tail_table`` and ``certified_radius`` call (scipy.special: ~0.3 s), so that the first
+    certify does not (``CertifiedSegmenter.load`` runs it in a thread while the engine compiles)."""
+    try:
+        import scipy.special._ufuncs  # noqa: F401
+    except ImportError:  # the certify step says so, in one line, where it needs scipy
+        pass
+
+
+def _binom_sf(k: np.ndarray, n: int, p: float) -> np.ndarray:
+    """P(Binom(n, p) > k) for 0 <= k < n: the ufunc ``scipy.stats.binom.sf`` calls inside the support (Boost's
+    binomial), from scipy.special.  Importing scipy.stats costs ~0.5 s of a one-shot certify process and the
+    certify path needs only this and ``ndtri``; tests/test_stats.py pins it to ``binom.sf`` and ``binomtest``."""
+    try:
+        from scipy.special._ufuncs import _binom_sf as sf
+    except ImportError:  # a later scipy moved it: the public (slower to import) route, same numbers
+        from scipy.stats import binom
+
+        return binom.sf(k, n, p)
+    return sf(k, n, p)
 
 
 def upper_tail_table(n: int, tau: float) -> np.ndarray:
@@ -18,8 +39,9 @@ def upper_tail_table(n: int, tau: float) -> np.ndarray:
     The same numbers as ``scipy.stats.binomtest(k, n, tau, alternative="greater").pvalue``
     (which is ``binom.sf(k - 1, n, tau)`` capped at 1), bit for bit.
     """
-    k = np.arange(n + 1)
-    return np.minimum(1.0, binom.sf(k - 1, n, tau))
+    table = np.ones(n + 1)  # k = 0: P(X >= 0) = 1, where binom.sf(-1) is 1 by its support
+    table[1:] = np.minimum(1.0, _binom_sf(np.arange(n), n, tau))
+    return table
 
 
 def pvalues_greater(k: np.ndarray, n: int, tau: float) -> np.ndarray:
@@ -88,12 +110,16 @@ def two_sided_pvalues_half(k_a: np.ndarray, k_b: np.ndarray) -> np.ndarray:
 
     For p = 1/2 the binomial is symmetric, so the two-sided p-value is 2 * P(X <= min(k_a, k_b)), at most 1.
     """
+    from scipy.stats import binom
+
     total = k_a + k_b
     return np.minimum(1.0, 2.0 * binom.cdf(np.minimum(k_a, k_b), total, 0.5))
 
 
 def clopper_pearson_lower(k: np.ndarray, n: int, alpha: float) -> np.ndarray:
     """One-sided (1 - alpha) Clopper-Pearson lower confidence bound on a binomial proportion."""
+    from scipy.stats import beta
+
     k = np.asarray(k)
     with np.errstate(invalid="ignore"):
         lower = beta.ppf(alpha, k, n - k + 1)
@@ -102,4 +128,6 @@ def clopper_pearson_lower(k: np.ndarray, n: int, alpha: float) -> np.ndarray:
 
 def certified_radius(sigma: float, tau: float) -> float:
     """L2 radius sigma * Phi^-1(tau) within which a pixel whose class has probability >= tau keeps it."""
-    return float(sigma * norm.ppf(tau))
+    from scipy.special import ndtri  # scipy.stats.norm.ppf is ndtri
+
+    return float(sigma * ndtri(tau))

@@ -1,12 +1,30 @@
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-# Real scans (fetch-data): release files are kept here once downloaded and verified.
-SCAN_CACHE = Path(os.environ.get("CERTSEG_SCAN_CACHE") or Path.home() / ".cache" / "certseg-rt" / "scans")
+from certseg_rt.runtime.model_cache import default_root
+
+# Real scans (fetch-data): release files are kept here once downloaded and verified (the platform's cache folder,
+# not the session's compiled-model cache below, so that a second test run downloads nothing).
+SCAN_CACHE = Path(os.environ.get("CERTSEG_SCAN_CACHE") or default_root() / "scans")
+_SESSION_CACHE = None
+
+
+def pytest_configure(config):
+    """The compiled-model cache (runtime/model_cache.py) of the test session, in the environment so that
+    subprocesses (certseg-run, CLI runs) share it: a temporary folder, never the user's own."""
+    global _SESSION_CACHE
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="certseg-test-cache-")
+    os.environ["CERTSEG_CACHE_DIR"] = _SESSION_CACHE
+
+
+def pytest_unconfigure(config):
+    if _SESSION_CACHE is not None:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -86,8 +104,8 @@ def openvino_engines(tmp_path_factory):
     import openvino
 
     root = tmp_path_factory.mktemp("openvino")
-    r = CliRunner().invoke(main, ["build-engine", "--backend", "openvino", "--out", str(root / "fp32"),
-                                  "--batch-sizes", "1,8,32"])
+    r = CliRunner().invoke(main, ["build-engine", "--backend", "openvino", "--precision", "fp32",
+                                  "--out", str(root / "fp32"), "--batch-sizes", "1,8,32"])
     assert r.exit_code == 0, r.output
     engines = {"fp32": root / "fp32"}
     precisions = ["int8"] + (["bf16"] if "BF16" in cpu_capabilities(openvino.Core()) else [])

@@ -51,9 +51,9 @@ def build_native(build_dir: Path, *, tests: bool = True, build_type: str = "Rele
             "library": out / "libcertseg_runtime.so", "kernels": build_dir / "libcertseg.so", "seconds": time.perf_counter() - start}
 
 
-def run(program, *args, cwd=None) -> subprocess.CompletedProcess:
+def run(program, *args, cwd=None, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([str(program), *map(str, args)], check=False, capture_output=True, text=True, timeout=300,
-                          cwd=cwd)
+                          cwd=cwd, env=None if env is None else {**os.environ, **env})
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -84,8 +84,8 @@ def openvino_engine(out: Path, precision: str = "fp32", *, model: str = "chest",
 
 
 def python_certificate(engine_dir: Path, image_path: Path, *, n0=10, n=100, tau=0.75, alpha=0.001, seed=0,
-                       correction="holm", batch_size: int | None = None,
-                       out: Path | None = None) -> tuple[dict, np.ndarray | None]:
+                       correction="holm", batch_size: int | None = None, out: Path | None = None,
+                       extra: tuple = ()) -> tuple[dict, np.ndarray | None]:
     """(summary, labels) of `certseg-rt certify IMAGE --engine DIR --json [--out MASK]`: the Python runtime's
     certificate, through its command line (in this process).  labels: the written mask, when `out` is given."""
     import json
@@ -100,7 +100,7 @@ def python_certificate(engine_dir: Path, image_path: Path, *, n0=10, n=100, tau=
         args += ["--batch-size", batch_size]
     if out is not None:
         args += ["--out", str(out)]
-    result = CliRunner().invoke(main, [str(a) for a in args])
+    result = CliRunner().invoke(main, [str(a) for a in [*args, *extra]])
     assert result.exit_code == 0, result.output
     labels = None
     if out is not None:

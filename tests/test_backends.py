@@ -10,7 +10,7 @@ from certseg_rt.runtime.backends import REFERENCES, RUNNERS, reference, runner
 
 from engine_helpers import copy_engine, edit_manifest
 
-RUNNER_KEYWORDS = {"batch_size", "threads", "provider", "max_memory"}
+RUNNER_KEYWORDS = {"batch_size", "threads", "provider", "max_memory", "cache_dir", "calls"}
 
 
 def test_every_builder_has_a_runner_and_both_have_the_uniform_interface():
@@ -47,8 +47,9 @@ def test_load_dispatches_to_the_manifest_s_runner(backend, engine_dir, tmp_path,
         return Opened()
     for name in RUNNERS:
         monkeypatch.setattr(runner(name), "open_engine", open_engine if name == backend else None)
-    seg = CertifiedSegmenter.load(d, batch_size=8, threads=1, max_memory="1G")
-    assert calls == [(d, backend, {"batch_size": 8, "threads": 1, "provider": "cpu", "max_memory": 1 << 30})]
+    seg = CertifiedSegmenter.load(d, batch_size=8, threads=1, max_memory="1G", cache_dir=tmp_path / "c", calls=(5, 50))
+    assert calls == [(d, backend, {"batch_size": 8, "threads": 1, "provider": "cpu", "max_memory": 1 << 30,
+                                   "cache_dir": tmp_path / "c", "calls": (5, 50)})]
     assert seg.backend.record["backend"] == f"{backend}:cpu" and seg.backend.record["batch_size"] == 7
 
 

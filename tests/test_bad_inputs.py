@@ -134,7 +134,9 @@ def _one_line_error(result, needle):
 CLI_CASES = {
     # certify: files
     "certify missing": (["certify", "{missing}", "--out", "{out}/mask.png"], "does not exist"),
-    "certify directory": (["certify", "{dir.png}", "--out", "{out}/mask.png"], "does not exist"),
+    # a folder is a DICOM series (a volume) now: one that holds none says so
+    "certify directory": (["certify", "{dir.png}", "--out", "{out}/mask.png"],
+                          "is a folder that holds no DICOM images"),
     "certify random bytes": (["certify", "{random.png}", "--out", "{out}/mask.png"], "cannot read image"),
     "certify empty file": (["certify", "{empty.png}", "--out", "{out}/mask.png"], "cannot read image"),
     "certify truncated png": (["certify", "{truncated.png}", "--out", "{out}/mask.png"], "truncated"),

@@ -5,6 +5,7 @@ rows and engines the bench plans, the peaks it computes and the summary it draws
 import pytest
 
 from certseg_rt.bench.machine import per_cycle
+from certseg_rt.errors import CertsegError
 from certseg_rt.bench.suite import add_fractions, engine_rows, reference_rows, row_name, summarize
 
 SAPPHIRE_RAPIDS = {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"}
@@ -75,9 +76,11 @@ def test_rows_come_from_the_registries():
     if torch.cuda.is_available():
         assert cpu_rows < got
     else:  # the GPU reference runners are listed with the reason, not run
-        assert got == cpu_rows and set(skipped) == {"torch-cuda-eager", "torch-cuda-fused"}
+        assert got == cpu_rows and set(skipped) == {"torch-cuda-careful", "torch-cuda-eager", "torch-cuda-fused"}
         assert all("no CUDA device" in why for why in skipped.values())
     assert reference_rows(["torch-eager:bf16"], {}) == [("torch-eager", "bf16", "nchw")]
+    with pytest.raises(CertsegError, match="--references: reference 'torch-eager:fp16'"):
+        reference_rows(["torch-eager:fp16"], {})
     assert row_name({"kind": "reference", "backend": "torch-eager", "precision": "bf16", "layout": "nchw"}) == \
         "torch-eager:bf16:nchw"
 

@@ -8,6 +8,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from certseg_rt.cli import main
+from certseg_rt.errors import CertsegError
+from certseg_rt.runtime.sampling import GraphBackend, device_packs
 
 pytest.importorskip("torch")
 # Few samples, so tau and alpha are loosened until some pixels certify: a 16k-pixel Holm family at
@@ -66,3 +68,58 @@ def test_rerun_resumes(dataset, tmp_path):
 def test_evaluate_refuses_a_folder_without_images(tmp_path):
     r = CliRunner().invoke(main, ["evaluate", str(tmp_path), "--out", str(tmp_path / "o")])
     assert r.exit_code == 1 and "images/" in r.stderr and not (tmp_path / "o").exists()
+
+
+# ---- evaluate_samples: a data set's images through certify_many (packed where the runner packs images) ----------
+
+class Threshold(GraphBackend):
+    """Class 1 where the noisy pixel exceeds 0.5 (a model without torch).  With packs_images, its count_runs packs
+    images as the torch-cuda runners do (sampling.device_packs, at most 2 per pack) and keeps the packs it counted."""
+
+    name = "threshold"
+
+    def __init__(self, packs_images=False, fail_at=None):
+        super().__init__(sigma=0.25, num_classes=4, channels=1, size_multiple=1, batch_size=8)
+        self.packs_images, self.fail_at, self.packs = packs_images, fail_at, []
+
+    def infer(self, x_noisy):
+        return (x_noisy[:, 0] > 0.5).astype(np.uint8)
+
+    def count_runs(self, runs, seed):
+        for pack, real in device_packs(((run, self.check_image(run.x)) for run in runs), lambda shape, num: 2):
+            if len(self.packs) == self.fail_at:
+                raise CertsegError("the device refused this pack")
+            self.packs.append((len(pack), real, pack[0][0].first))
+            for run, x in pack[:real]:
+                run.counts, run.counted = self.sample_counts(x, run.num, seed, run.first), run.num
+                yield run
+
+
+@pytest.mark.parametrize("fail_at, chunk", [(None, 64), (1, 64), (None, 2)])
+def test_packed_evaluation_gives_every_image_the_record_it_has_alone(tmp_path, monkeypatch, fail_at, chunk):
+    import certseg_rt.evaluate
+    from certseg_rt.evaluate import evaluate_sample, evaluate_samples, list_dataset
+
+    monkeypatch.setattr(certseg_rt.evaluate, "PACK_IMAGES", chunk)
+    d = tmp_path / "data"
+    assert CliRunner().invoke(main, ["make-phantoms", str(d), "--count", "5", "--size", "16"]).exit_code == 0
+    (d / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    samples = list_dataset(d)
+    classes = ("background", "a", "b", "c")
+    clean = lambda x: (x[0] > 0.5).astype(np.uint8)  # noqa: E731
+    kw = {"sigma": 0.25, "n0": 3, "n": 20, "tau": 0.6, "alpha": 0.5, "seed": 4, "correction": "holm"}
+    packer = Threshold(packs_images=True, fail_at=fail_at)
+    got = dict(evaluate_samples(samples, packer, clean, classes, **kw))
+    assert sorted(got) == list(range(6)) and isinstance(got[0], CertsegError)  # broken.png sorts first
+    alone = Threshold()
+    for i, sample in enumerate(samples[1:], 1):
+        want = evaluate_sample(sample, alone, clean, classes, **kw)
+        labels = got[i].pop("_labels")
+        assert np.array_equal(labels, want.pop("_labels")) and 0.2 < np.mean(labels != 255) < 1  # some certified
+        assert {k: v for k, v in got[i].items() if k != "seconds"} == {k: v for k, v in want.items() if k != "seconds"}
+    if fail_at is not None:  # the second pack refused: the five images certified alone, each with its own record
+        assert packer.packs == [(2, 2, 0)]
+    elif chunk == 64:  # one chunk of 6 (broken.png unreadable: 5 images and a copy), 2 per pack: 3 packs a phase
+        assert packer.packs == [(2, 2, 0)] * 3 + [(2, 2, 3)] * 3  # (images, real, first sample)
+    else:  # chunks of 2 samples; the first holds broken.png, so one image and a copy of it: every chunk at 2
+        assert packer.packs == [(2, 2, 0), (2, 2, 3)] * 3

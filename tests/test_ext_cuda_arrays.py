@@ -97,3 +97,47 @@ def test_checked_device_arrays_reach_the_launch_which_fails_without_a_device():
                                         device_array((1,), INT, 32))
     with pytest.raises(RuntimeError, match="vote kernel launch"):  # bad_label is optional
         ext.cuda_accumulate_votes_array(device_array((4, 8, 8), UINT, 8), device_array((3, 8, 8), INT, 32))
+
+
+# ---- the packed kernels of the fused graph (counter (seed, next, end) in device memory) ----------------------------
+
+@pytest.mark.parametrize("x,counter,out,error,needle", [
+    (lambda: device_array((2, 1, 8, 8)), lambda: device_array((3,), INT, 64), lambda: device_array((5, 1, 8, 8)),
+     ValueError, "out's rows a multiple of x's images"),
+    (lambda: device_array((2, 1, 8, 8)), lambda: device_array((2,), INT, 64), lambda: device_array((4, 1, 8, 8)),
+     ValueError, r"counter must have shape \(3,\)"),
+    (lambda: device_array((2, 1, 8, 8)), lambda: device_array((3,), INT, 32), lambda: device_array((4, 1, 8, 8)),
+     TypeError, "counter must be a uint64 or int64"),
+    (lambda: device_array((2, 1, 8, 8)), lambda: device_array((3,), INT, 64, device_id=1),
+     lambda: device_array((4, 1, 8, 8)), ValueError, "counter is on CUDA device 1"),
+    (lambda: device_array((2, 1, 8, 8)), lambda: np.zeros(3, np.int64), lambda: device_array((4, 1, 8, 8)),
+     TypeError, "incompatible function"),
+])
+def test_packed_noise_on_device_arrays_is_checked_before_launch(x, counter, out, error, needle):
+    with pytest.raises(error, match=needle):
+        ext.cuda_fill_noisy_packed_array(x(), 0.25, counter(), out())
+
+
+@pytest.mark.parametrize("labels,counts,counter,error,needle", [
+    (lambda: device_array((6, 8, 8), UINT, 8), lambda: device_array((4, 3, 8, 8), INT, 32),
+     lambda: device_array((3,), INT, 64), ValueError, r"labels \(P \* m, \*S\) and counts \(P, C, \*S\) must agree"),
+    (lambda: device_array((6, 8, 8), UINT, 8), lambda: device_array((2, 3, 8, 9), INT, 32),
+     lambda: device_array((3,), INT, 64), ValueError, "must agree"),
+    (lambda: device_array((6, 8, 8), UINT, 8), lambda: device_array((2, 3, 8, 8), INT, 32),
+     lambda: device_array((3,), FLOAT, 64), TypeError, "counter must be a uint64 or int64"),
+])
+def test_packed_votes_on_device_arrays_are_checked_before_launch(labels, counts, counter, error, needle):
+    with pytest.raises(error, match=needle):
+        ext.cuda_accumulate_votes_packed_array(labels(), counts(), device_array((1,), INT, 32), counter())
+
+
+@pytest.mark.skipif(not _no_device(), reason="a CUDA device is present: these capsules point at no memory")
+def test_checked_packed_arrays_reach_the_launch_which_fails_without_a_device():
+    with pytest.raises(RuntimeError, match="packed noisy input kernel launch"):
+        ext.cuda_fill_noisy_packed_array(device_array((2, 1, 8, 8)), 0.25, device_array((3,), UINT, 64),
+                                         device_array((6, 1, 8, 8)))
+    with pytest.raises(RuntimeError, match="packed vote kernel launch"):
+        ext.cuda_accumulate_votes_packed_array(device_array((6, 8, 8), UINT, 8), device_array((2, 3, 8, 8), INT, 32),
+                                               device_array((1,), INT, 32), device_array((3,), UINT, 64))
+    with pytest.raises(RuntimeError, match="counter kernel launch"):
+        ext.cuda_advance_counter_array(device_array((3,), INT, 64), 5)

@@ -9,6 +9,7 @@ exit 1 with exactly one stderr line and no traceback.  Engines are built once pe
 import json
 import os
 import shutil
+import sys
 import warnings
 
 import numpy as np
@@ -127,12 +128,44 @@ def files(tmp_path_factory):
                 norm_num_groups=4, attention_head_dim=8).save_pretrained(d / "denoiser" / "unet")
     DDPMScheduler(num_train_timesteps=1000).save_pretrained(d / "denoiser" / "scheduler")
     f["denoiser"] = d / "denoiser"
+    # a model file inside a package whose __init__ imports a GUI toolkit that is not installed (as napari plugins
+    # do): named as a file, it loads alone
+    (d / "guipkg_certseg").mkdir()
+    (d / "guipkg_certseg" / "__init__.py").write_text("import qtpy_is_not_installed_here\n")
+    (d / "guipkg_certseg" / "models.py").write_text(FILE_SEG)
+    namespace = {}
+    exec(FILE_SEG, namespace)
+    torch.manual_seed(1)
+    torch.save(namespace["FileSeg"]().state_dict(), d / "fileseg.pth")
+    f.update({"models.py": d / "guipkg_certseg" / "models.py", "fileseg.pth": d / "fileseg.pth"})
+    (d / "syntax.py").write_text("import torch\nclass Net(torch.nn.Module:\n    pass\n")
+    (d / "needs_missing.py").write_text("import torch\nimport not_a_module_here.sub\n")
     png = d / "image.png"
     from certseg_rt.data.phantom import make_phantom
 
     Image.fromarray((make_phantom(10_000_005, size=SIZE).image[0] * 255).astype(np.uint8)).save(png)
     f["png"] = png
-    return f
+    sys.path.append(str(d))  # guipkg_certseg importable as a package, as an installed plugin is
+    yield f
+    sys.path.remove(str(d))
+
+
+FILE_SEG = """import torch
+from torch import nn
+
+
+class FileSeg(nn.Module):
+    def __init__(self, classes=4):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, classes, 1))
+
+    def forward(self, x):
+        return self.body(x)
+"""
+
+
+def file_factory(f, spec, weights="fileseg.pth"):
+    return ["--segmenter", spec, "--segmenter-weights", f[weights], "--no-parity"]
 
 
 def factory(weights, kwargs=None):
@@ -165,7 +198,20 @@ ROUTES = {
                                                {"spatial_dims": 2, "in_channels": 1, "out_channels": 4,
                                                 "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}),
                                            "--no-parity"], None),
+    "factory in a file": (lambda f: file_factory(f, f"{f['models.py']}:FileSeg"), None),
     # refused, in one line
+    "factory file missing": (lambda f: file_factory(f, f"{f['dir']}/nosuch.py:Net"),
+                             "segmenter factory file"),
+    "factory file syntax error": (lambda f: file_factory(f, f"{f['dir']}/syntax.py:Net"),
+                                  "syntax.py has a syntax error at line 2"),
+    "factory file without the name": (lambda f: file_factory(f, f"{f['models.py']}:Unet3plus"),
+                                       "defines no 'Unet3plus' (it defines FileSeg)"),
+    "factory file import fails": (lambda f: file_factory(f, f"{f['dir']}/needs_missing.py:Net"),
+                                  "needs_missing.py imports not_a_module_here, which is not installed"),
+    "package __init__ import fails": (lambda f: file_factory(f, "guipkg_certseg.models:FileSeg"),
+                                      "needs qtpy_is_not_installed_here, which is not installed: pip install "
+                                      "qtpy_is_not_installed_here, or name the model's file alone (--segmenter "
+                                      "'path/to/models.py:FileSeg'"),
     "onnx location absolute": (lambda f: ["--segmenter", f["onnx location absolute"]], "outside the model's folder"),
     "onnx location ..": (lambda f: ["--segmenter", f["onnx location .."]], "outside the model's folder"),
     "onnx location symlink out": (lambda f: ["--segmenter", f["onnx location symlink out"]], "resolves outside"),
@@ -331,3 +377,12 @@ def test_checkpoint_layout_is_recorded(build):
     assert "'module.'" in _manifest(build, "factory DDP checkpoint")["intake"]["weights"]
     hashed = _manifest(build, "factory state dict")["source_model_files"]
     assert {k for k in hashed if k.startswith("segmenter")} == {"segmenter.pt"}
+
+
+def test_a_factory_file_is_hashed_with_its_weights(build, files):
+    manifest = _manifest(build, "factory in a file")
+    assert manifest["intake"]["segmenter"] == f"factory {files['models.py']}:FileSeg"
+    assert set(manifest["source_model_files"]) >= {"segmenter.py", "segmenter.pth"}
+    import hashlib
+
+    assert manifest["source_model_files"]["segmenter.py"] == hashlib.sha256(files["models.py"].read_bytes()).hexdigest()

@@ -72,9 +72,10 @@ def test_nifti_single_slice_volume_and_gz(tmp_path):
     np.testing.assert_array_equal(read_nifti(path), ROWS_COLS)
 
 
-def test_nifti_volume_is_refused_with_how_to_slice(tmp_path):
+def test_nifti_volume_is_refused_as_a_2d_image_with_the_volume_route(tmp_path):
     path = write_nifti(tmp_path / "vol.nii.gz", np.zeros((4, 3, 5), np.float32))
-    with pytest.raises(InputError, match=r"vol\.nii\.gz is a volume of shape \(4, 3, 5\).*2-D.*dataobj\[:, :, k\]"):
+    with pytest.raises(InputError, match=r"vol\.nii\.gz is a volume of shape \(4, 3, 5\).*certify it whole "
+                                         r"\(certseg-rt certify vol\.nii\.gz.*dataobj\[:, :, k\]"):
         read_nifti(path)
 
 

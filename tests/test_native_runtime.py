@@ -114,7 +114,8 @@ class Options(ctypes.Structure):
 
 
 class OpenOptions(ctypes.Structure):
-    _fields_ = [("threads", ctypes.c_int), ("batch_size", ctypes.c_int)]
+    _fields_ = [("threads", ctypes.c_int), ("batch_size", ctypes.c_int), ("cache_dir", ctypes.c_char_p),
+                ("n0", ctypes.c_int64), ("n", ctypes.c_int64)]
 
 
 PROGRESS = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
@@ -142,7 +143,8 @@ def runtime(native):
 
 def open_engine(lib, path, batch_size=0):
     handle = ctypes.c_void_p()
-    rc = lib.certseg_engine_open(str(path).encode(), ctypes.byref(OpenOptions(0, batch_size)), ctypes.byref(handle))
+    options = OpenOptions(0, batch_size, None, 0, 0)  # the default cache folder (the session's), n0 10 and n 100
+    rc = lib.certseg_engine_open(str(path).encode(), ctypes.byref(options), ctypes.byref(handle))
     return rc, handle
 
 
@@ -221,6 +223,43 @@ def test_other_batch_sizes_certify_as_python(native, ov_engines, phantom_files, 
     theirs, _ = python_certificate(engine, phantom_files["png"], n0=5, n=40, alpha=0.5, seed=1, batch_size=batch)
     assert comparable(ours) == comparable(theirs) and ours["batch_size"] == batch
     assert 0 < ours["abstain_fraction"] < 1
+
+
+def test_the_compiled_model_cache_is_shared_with_the_python_runtime(native, ov_engines, phantom_files, tmp_path):
+    """certseg-run imports what the Python runtime compiled (same folder, keys and entries: nothing rewritten) and
+    writes the entries Python would; a damaged entry is rebuilt; --no-cache writes nothing; a cache that cannot be
+    written says so once.  The certificate is the same every way."""
+    engine = ov_engines.get("bf16", ov_engines["fp32"])
+    args = ["--json", "--n0", 5, "--n", 40, "--alpha", 0.5, "--seed", 2, "--batch-size", 8]
+    python, native_cache = tmp_path / "python", tmp_path / "native"
+    theirs, _ = python_certificate(engine, phantom_files["png"], n0=5, n=40, alpha=0.5, seed=2, batch_size=8,
+                                   extra=("--cache-dir", python))
+    blobs = lambda root: {p.name: (p.stat().st_ino, p.stat().st_size) for p in (root / "openvino").glob("*.blob")}
+    written = blobs(python)
+    assert len(written) == 2  # n0 = 5 and n = 40 at batch 8: static batches 5 and 8
+
+    def certify(*extra, env=None):
+        result = run(native["certseg_run"], engine, phantom_files["png"], *args, *extra, env=env)
+        assert result.returncode == 0, result.stderr
+        assert comparable(json.loads(result.stdout)) == comparable(theirs)
+        return result.stderr
+
+    assert certify("--cache-dir", python) == "" and blobs(python) == written  # imported, not recompiled
+    certify("--cache-dir", native_cache)
+    assert blobs(native_cache).keys() == written.keys()
+    damaged = native_cache / "openvino" / sorted(written)[0]
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    certify("--cache-dir", native_cache)
+    rebuilt = blobs(native_cache)
+    assert rebuilt[damaged.name][1] > 1000
+    certify("--cache-dir", native_cache)
+    assert blobs(native_cache) == rebuilt  # the rebuilt entry is whole: imported, not rewritten
+    certify("--no-cache", env={"CERTSEG_CACHE_DIR": str(tmp_path / "env")})
+    assert not (tmp_path / "env").exists()
+    (tmp_path / "file").write_text("not a folder")
+    err = certify("--cache-dir", tmp_path / "file" / "cache")
+    assert err.count("\n") == 1 and err.startswith("note: cannot write the compiled-model cache") and \
+        "Not a directory" in err
 
 
 def test_radius_is_scipys_bit_for_bit(native):

@@ -140,3 +140,97 @@ def test_an_engine_refuses_an_image_of_another_size_in_one_line():
     check_engine_size(np.zeros((3, 16, 24), np.float32), 16, 24)  # the engine's size: no complaint
     check_engine_size([[0.5] * 24] * 16, 16, 24)  # any array-like
     check_engine_size(np.zeros(7, np.float32), 16, 24)  # not an image: check_input says so, not this check
+
+
+# --- runs of several images packed into shared batches (GraphBackend.count_runs; volumes use it) ---
+
+from certseg_rt.runtime.sampling import Run, count_runs  # noqa: E402
+
+
+def _runs(images, n0=10, n=100):
+    for d, x in enumerate(images):
+        yield Run(x, d * (n0 + n), n0, tag=(d, 0))
+        yield Run(x, d * (n0 + n) + n0, n, tag=(d, 1))
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_packed_runs_count_what_each_image_counts_alone(static):
+    """Batches span images (every batch full but the last); each run's counts equal sample_counts of that run alone,
+    so a slice's counts do not depend on the batching."""
+    images = [np.random.default_rng(d).uniform(0, 1, (1, 6, 7)).astype(np.float32) for d in range(4)]
+    backend = Threshold(batch_size=16)
+    backend.static_batch = static
+    done = list(count_runs(backend, _runs(images), seed=5))
+    assert [r.tag for r in done] == [(d, p) for d in range(4) for p in (0, 1)]  # complete, in order
+    total = 4 * 110
+    assert backend.batches == [16] * (total // 16) + ([16] if static else [total % 16])  # static: padded
+    alone = Threshold(batch_size=3)
+    for r in done:
+        assert r.counts.dtype == np.int32 and r.counted == r.num
+        assert np.array_equal(r.counts, alone.sample_counts(r.x, r.num, 5, r.first))
+
+
+def test_runs_through_an_adapter_and_a_device_loop_count_the_same():
+    from certseg_rt.adapters import Replicate, with_adapter
+
+    images = [np.random.default_rng(10 + d).uniform(0, 1, (1, 5, 5)).astype(np.float32) for d in range(3)]
+    packed = {r.tag: r.counts for r in count_runs(with_adapter(Threshold(channels=3, batch_size=8), Replicate(1, 3)),
+                                                   _runs(images, 4, 9), seed=1)}
+
+    class DeviceLoop(Threshold):  # overrides sample_counts, as a device loop does: runs are counted one by one
+        calls = []
+
+        def sample_counts(self, x, num, seed, offset):
+            self.calls.append((num, offset))
+            return super().sample_counts(x, num, seed, offset)
+
+    device = DeviceLoop(channels=3, batch_size=8)
+    assert not device.packs_runs and Threshold().packs_runs
+    alone = {r.tag: r.counts for r in count_runs(with_adapter(device, Replicate(1, 3)), _runs(images, 4, 9), seed=1)}
+    assert DeviceLoop.calls == [(4, 0), (9, 4), (4, 13), (9, 17), (4, 26), (9, 30)]
+    assert packed.keys() == alone.keys() and all(np.array_equal(packed[k], alone[k]) for k in packed)
+
+
+def test_packed_runs_check_every_image_and_refuse_empty_runs():
+    backend = Threshold(batch_size=4)
+    bad = [Run(np.zeros((1, 3, 3), np.float32), 0, 2), Run(np.full((1, 3, 3), np.nan, np.float32), 2, 2)]
+    with pytest.raises(InputError, match="NaN"):
+        list(count_runs(backend, bad, 0))
+    with pytest.raises(ValueError, match="at least one sample"):
+        list(count_runs(backend, [Run(np.zeros((1, 3, 3), np.float32), 0, 0)], 0))
+
+
+def test_device_packs_are_the_fewest_equal_ones_padded_and_unlike_runs_alone():
+    """The rule of the loops that pack images (torch-cuda fused and careful): consecutive runs with one shape and
+    (first, num) form a block; 5 images at most 4 per pack are 2 packs of 3 (not 4 + 1), the last padded with a
+    copy of its last run; a run unlike its neighbours (another first sample, num or shape) is a block of its own."""
+    from certseg_rt.runtime.sampling import device_packs
+
+    def pairs(first, num, tags, size=2):
+        return [(Run(np.full((1, size, size), t / 100, np.float32), first, num, tag=t),
+                 np.full((1, size, size), t / 100, np.float32)) for t in tags]
+
+    runs = [*pairs(0, 5, range(5)), *pairs(5, 5, [20, 21]), *pairs(0, 9, [30]), *pairs(40, 9, [40]),
+            *pairs(0, 5, [50, 51], size=3)]
+    asked = []
+
+    def capacity(shape, num):
+        asked.append((shape, num))
+        return 4 if num == 5 else 2
+
+    packs = [([run.tag for run, _ in pack], real) for pack, real in device_packs(iter(runs), capacity)]
+    assert packs == [([0, 1, 2], 3), ([3, 4, 4], 2), ([20, 21], 2), ([30], 1), ([40], 1), ([50, 51], 2)]
+    assert asked == [((1, 2, 2), 5), ((1, 2, 2), 5), ((1, 2, 2), 9), ((1, 2, 2), 9), ((1, 3, 3), 5)]  # per block
+    assert Threshold().packs_runs and not Threshold().packs_images  # the host loop shares batches, not images
+
+
+def test_certify_many_on_the_host_loop_is_certify_image_by_image():
+    from certseg_rt.certify import certify, certify_many
+
+    images = [np.random.default_rng(20 + d).uniform(0, 1, (1, 6, 6)).astype(np.float32) for d in range(3)]
+    backend = Threshold(batch_size=8)
+    certs = certify_many(backend, images, n0=4, n=30, tau=0.6, alpha=0.2, seed=3)
+    assert backend.batches == [4, 8, 8, 8, 6] * 3  # each image's own calls, as certify makes them: no shared batch
+    for x, cert in zip(images, certs):
+        want = certify(Threshold(batch_size=8), x, n0=4, n=30, tau=0.6, alpha=0.2, seed=3)
+        assert np.array_equal(cert.labels, want.labels) and np.array_equal(cert.pvalues, want.pvalues)

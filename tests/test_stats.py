@@ -96,6 +96,29 @@ def test_hand_computed_case():
     assert cert.n0 == 10 and cert.abstain_fraction == pytest.approx(2 / 3)
 
 
+def test_tail_table_and_radius_are_scipy_stats_bit_for_bit():
+    """The certify path takes them from scipy.special (scipy.stats is slow to import): the same numbers exactly."""
+    from scipy.stats import binom
+
+    for n in (1, 2, 7, 100, 1000, 100_000):
+        for tau in (0.5 + 1e-9, 0.6, 0.75, 0.9, 0.999):
+            k = np.arange(n + 1)
+            assert np.array_equal(stats.upper_tail_table(n, tau), np.minimum(1.0, binom.sf(k - 1, n, tau)))
+            assert stats.certified_radius(0.37, tau) == 0.37 * norm.ppf(tau)
+
+
+def test_certify_path_does_not_import_scipy_stats():
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from certseg_rt import certify_from_counts; "
+            "c = np.zeros((2, 4, 4), np.int32); c[0] = 100; "
+            "certify_from_counts(c, c, n=100, sigma=0.25, tau=0.75, alpha=0.001); "
+            "print('scipy.stats' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False"
+
+
 def test_radius_and_clopper_pearson():
     assert stats.certified_radius(0.25, 0.75) == pytest.approx(0.25 * norm.ppf(0.75))
     k = np.array([0, 1, 50, 99, 100])

@@ -513,7 +513,7 @@ def test_bench_builds_and_reports_tensorrt_rows_when_a_gpu_is_present(monkeypatc
     assert summary["fastest"] == "onnxruntime:fp32"  # the CPU goal is about the CPU path
     assert summary["fastest_gpu"] == "tensorrt:fp16" and summary["gpu_seconds"] == 0.1
     assert result["skipped"] == {}
-    assert "GPU: tensorrt:fp16 0.100 s" in bench.to_markdown(result)
+    assert "GPU: tensorrt:fp16 0.1000 s" in bench.to_markdown(result)  # GPU times to 0.1 ms
 
 
 def test_bench_quick_builds_tensorrt_fp16_only(monkeypatch):

@@ -7,7 +7,9 @@ Rows (each measured in its own subprocess, so peak RSS is the row's own; ``rows.
 * ``reference``: what a careful PyTorch user runs: torch eager in fp32 and bf16 (CPU autocast), each in NCHW
   and channels_last, batched (every reference runner of ``runtime.backends.REFERENCES``);
 * ``engine``: certseg-rt engine directories of every registered builder and precision (ONNX Runtime fp32/int8,
-  OpenVINO fp32/bf16/int8, TensorRT where a GPU is present), keyed noise and votes in the compiled extension.
+  OpenVINO fp32/bf16/int8, TensorRT where a GPU is present), keyed noise and votes in the compiled extension;
+* on a GPU (``gpu``): the careful torch-cuda baseline, the weak eager loop, the fused loop and its compiled
+  variant, one process per size and n, and ``throughput`` rows (images/s, several images per batch).
 
 Each row: median seconds of whole CERTIFY calls (n0 + n samples, noise, inference, votes, statistics) after a
 warm-up, samples/s, peak RSS, certified Dice on a fixed set of held-out phantoms, achieved GFLOP/s and its
@@ -15,7 +17,7 @@ fraction of the peak of the precision it ran (``machine``).  The summary compare
 with the fastest torch row (``suite.summarize``).
 
 Modules: ``machine`` (CPU, peaks, peak RSS), ``rows`` (one row), ``suite`` (the plan, a run, the summary),
-``markdown`` (the table).
+``gpu`` (GPU peaks, the forward-pass limit, the GPU summary), ``markdown`` (the tables).
 """
 from .machine import machine, peak_rss_mb
 from .markdown import to_markdown

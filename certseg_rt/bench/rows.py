@@ -8,7 +8,11 @@ and an entry in ``ROW_KINDS``:
 * ``reference``: a reference runner (``runtime.backends.REFERENCES``: torch eager, ...) at a precision and
   memory layout, batched;
 * ``engine``: an engine directory of any registered backend (``runtime.backends.RUNNERS``), through
-  ``CertifiedSegmenter``: keyed noise and votes in the compiled extension, table-lookup statistics.
+  ``CertifiedSegmenter``: keyed noise and votes in the compiled extension, table-lookup statistics;
+* ``throughput`` (GPU reference runners): images per second certifying held-out phantoms in turn, the samples of
+  several images packed into one batch where the runner packs images (``certify.certify_many``).
+
+GPU rows add their batch plan, compile record, device peak memory and forward-pass limit (``gpu.gpu_extras``).
 """
 from __future__ import annotations
 
@@ -73,8 +77,9 @@ def _batched(backend, spec) -> tuple[Callable, Callable]:
     def run(x, seed):
         return certify(backend, x, n0=spec["n0"], n=spec["n"], seed=seed).labels
 
-    def warm(x):  # sessions, compiled partial batches, allocations; n <= 100 samples are enough for that
-        certify(backend, x, n0=spec["n0"], n=min(spec["n"], 100), seed=0)
+    def warm(x):  # sessions, compiled partial batches, allocations; n <= 100 samples are enough for that on a CPU
+        # a GPU runner plans its batches per call (graphs, cuDNN's autotuning, a compiled batch range): the row's n
+        certify(backend, x, n0=spec["n0"], n=spec["n"] if spec.get("gpu") else min(spec["n"], 100), seed=0)
     return run, warm
 
 
@@ -98,12 +103,16 @@ def open_reference_loop(spec: dict):
     return run, warm, backend
 
 
-def open_reference(spec: dict):
+def _open_reference_backend(spec: dict):
     from ..runtime.backends import open_model
 
-    backend = open_model(Path(spec["model"]), SIGMA, name=spec["backend"], batch_size=spec["batch_size"],
-                         precision=spec["precision"], layout=spec.get("layout", "nchw"),
-                         threads=spec.get("threads"), max_memory=spec.get("max_memory"))
+    return open_model(Path(spec["model"]), SIGMA, name=spec["backend"], batch_size=spec["batch_size"],
+                      precision=spec["precision"], layout=spec.get("layout", "nchw"), variant=spec.get("variant"),
+                      threads=spec.get("threads"), max_memory=spec.get("max_memory"))
+
+
+def open_reference(spec: dict):
+    backend = _open_reference_backend(spec)
     return (*_batched(backend, spec), backend)
 
 
@@ -120,12 +129,17 @@ ROW_KINDS: dict[str, Callable] = {"reference-loop": open_reference_loop, "refere
 
 
 def run_row(spec: dict) -> dict:
-    """Time one configuration (called in a fresh subprocess: ``python -m certseg_rt.bench SPEC``)."""
+    """Time one configuration (called in a subprocess: ``python -m certseg_rt.bench SPEC``)."""
     from ..data import HELD_OUT_SEEDS
     from ..data.modalities import get_modality
     from ..metrics import mean_foreground_dice
+    from .gpu import gpu_extras, reset_device_peak
     from .machine import peak_rss_mb
 
+    if spec.get("gpu"):
+        reset_device_peak()
+    if spec["kind"] == "throughput":
+        return run_throughput(spec)
     size, n0, n, repeats = spec["image_size"], spec["n0"], spec["n"], spec["repeats"]
     modality = get_modality(spec["modality"])
     images = [modality.make_phantom(HELD_OUT_SEEDS[700 + i], size) for i in range(DICE_PHANTOMS)]
@@ -146,11 +160,52 @@ def run_row(spec: dict) -> dict:
             dice.append(mean_foreground_dice(got, ph.mask, len(modality.classes)))
     med = statistics.median(times)
     flops = spec["gflop_per_sample"] * (n0 + n)
-    return {"kind": spec["kind"], "backend": spec["backend"], "precision": spec["precision"],
-            "layout": spec.get("layout"), "image_size": size, "n0": n0, "n": n,
-            "batch_size": int(getattr(backend, "batch_size", spec["batch_size"])), "engine": spec.get("engine"),
-            "seconds_median": round(med, 4), "seconds": [round(t, 4) for t in times],
+    return {**_row_head(spec, backend), "seconds_median": round(med, 4), "seconds": [round(t, 4) for t in times],
             "samples_per_second": round((n0 + n) / med, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
             "certified_dice": round(float(np.mean(dice)), 4) if dice else None,
-            "gflops_per_second": round(flops / med, 1),
-            **{k: v for k, v in getattr(backend, "record", {}).items() if k in ("device", "cuda_graph")}}
+            "gflops_per_second": round(flops / med, 1), **(gpu_extras(backend, spec) if spec.get("gpu") else {})}
+
+
+def _row_head(spec: dict, backend) -> dict:
+    record = getattr(backend, "record", {})
+    batch = record.get("batch_size") if spec.get("gpu") else None  # a GPU runner's batch is its plan's
+    return {"kind": spec["kind"], "backend": spec["backend"], "precision": spec["precision"],
+            "layout": spec.get("layout"), **({"variant": spec["variant"]} if spec.get("variant") else {}),
+            "image_size": spec["image_size"], "n0": spec["n0"], "n": spec["n"],
+            "batch_size": int(batch or getattr(backend, "batch_size", spec["batch_size"]) or 0),
+            "engine": spec.get("engine"), **({"gpu": True} if spec.get("gpu") else {}),
+            **{k: v for k, v in record.items() if k in ("device", "cuda_graph")}}
+
+
+THROUGHPUT_SEED = 100
+
+
+def run_throughput(spec: dict) -> dict:
+    """Images per second: ``spec["images"]`` held-out phantoms certified in turn (n0 + n each, seed 100), packed
+    where the runner packs images, after a warm-up on the same batches (captures, compiles, cuDNN's autotuning)."""
+    from ..certify import certify_many
+    from ..data import HELD_OUT_SEEDS
+    from ..data.modalities import get_modality
+    from ..metrics import mean_foreground_dice
+    from .gpu import gpu_extras
+    from .machine import peak_rss_mb
+
+    size, n0, n, count = spec["image_size"], spec["n0"], spec["n"], spec["images"]
+    modality = get_modality(spec["modality"])
+    phantoms = [modality.make_phantom(HELD_OUT_SEEDS[800 + i], size) for i in range(count)]
+    images = [ph.image for ph in phantoms]
+    backend = _open_reference_backend(spec)
+    kw = {"n0": n0, "n": n, "seed": THROUGHPUT_SEED}
+    # warm-up on the timed run's batches (captures, compiles, cuDNN's autotuning): a runner that packs images
+    # cuts them into packs by their number, so it warms up on all of them
+    certify_many(backend, images if getattr(backend, "packs_images", False) else images[:1], **kw)
+    start = time.perf_counter()
+    certs = certify_many(backend, images, **kw)
+    total = time.perf_counter() - start
+    dice = [mean_foreground_dice(c.labels, ph.mask, len(modality.classes)) for c, ph in zip(certs, phantoms)]
+    return {**_row_head(spec, backend), "images": count, "images_per_second": round(count / total, 2),
+            "seconds_median": round(total / count, 5), "seconds": [round(total, 4)],
+            "samples_per_second": round(count * (n0 + n) / total, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
+            "certified_dice": round(float(np.mean(dice)), 4),
+            "gflops_per_second": round(spec["gflop_per_sample"] * (n0 + n) * count / total, 1),
+            **gpu_extras(backend, {**spec, "kind": "throughput"})}

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import CertsegError
+from .gpu import summarize_gpu
 from .machine import machine, peak_for
 
 GOAL_SPEEDUP = 1.4  # the fastest CPU engine against the fastest torch row, certified Dice within GOAL_DICE
@@ -22,9 +23,10 @@ GOAL_DICE_POINTS = 0.5
 
 
 def row_name(row: dict) -> str:
-    """'openvino:bf16', 'torch-eager:bf16:channels_last', 'reference-loop:fp32'."""
-    name = f"{row['backend']}:{row['precision']}"
-    return f"{name}:{row['layout']}" if row.get("kind") == "reference" else name
+    """'openvino:bf16', 'torch-eager:bf16:channels_last', 'reference-loop:fp32', 'torch-cuda-fused:fp16:compiled'."""
+    from .gpu import row_label
+
+    return row_label(row)
 
 
 # ---------------------------------------------------------------------------------------------- the plan
@@ -46,36 +48,30 @@ def engine_rows(requested: list[str] | None, quick: bool) -> list[tuple[str, str
     return rows
 
 
-def reference_rows(requested: list[str] | None, skipped: dict[str, str]) -> list[tuple[str, str, str]]:
-    """(runner, precision, layout) for each reference row: the requested 'runner:precision:layout' items, or
-    every reference runner with each of its precisions and layouts; those that cannot run here go to
-    `skipped` (name -> why) instead."""
-    from ..runtime.backends import REFERENCES, reference, reference_unavailable
+def reference_rows(requested: list[str] | None, skipped: dict[str, str]) -> list[tuple]:
+    """(runner, precision, layout) for each reference row, (runner, precision, layout, variant) for a variant's:
+    the requested 'runner:precision[:layout|variant]' items, or every reference runner with each of its precisions
+    and layouts, and its first variant (torch-cuda-fused:*:compiled; the others on request); those that cannot run
+    here go to `skipped` (name -> why) instead."""
+    from ..runtime.backends import REFERENCES, parse_reference, reference, reference_unavailable
 
     if requested is None:
         rows = [(r, p, layout) for r in REFERENCES for p in reference(r).PRECISIONS for layout in reference(r).LAYOUTS]
+        rows += [(r, p, reference(r).LAYOUTS[0], entry.variants[0]) for r, entry in REFERENCES.items()
+                 if entry.variants for p in reference(r).PRECISIONS]
     else:
-        rows = _requested_references(requested)
-    why = {r: reference_unavailable(r) for r in dict.fromkeys(r for r, _, _ in rows)}  # in row order
+        rows = []
+        for item in requested:
+            try:
+                name, precision, layout, variant = parse_reference(item)
+            except CertsegError as e:
+                raise CertsegError(f"--references: {e}")
+            rows.append((name, precision, layout) if variant is None else (name, precision, layout, variant))
+    why = {r: reference_unavailable(r) for r in dict.fromkeys(row[0] for row in rows)}  # in row order
     for r, reason in why.items():
         if reason is not None:
             skipped[r] = reason
     return [row for row in rows if why[row[0]] is None]
-
-
-def _requested_references(requested: list[str]) -> list[tuple[str, str, str]]:
-    from ..runtime.backends import REFERENCES, reference
-
-    rows = []
-    for item in requested:
-        name, _, rest = item.partition(":")
-        precision, _, layout = rest.partition(":")
-        module = reference(name) if name in REFERENCES else None
-        if module is None or precision not in module.PRECISIONS or (layout or "nchw") not in module.LAYOUTS:
-            raise CertsegError(f"--references {item!r}: give RUNNER:PRECISION[:LAYOUT] with a runner among "
-                               f"{', '.join(REFERENCES)} (e.g. torch-eager:bf16:channels_last)")
-        rows.append((name, precision, layout or "nchw"))
-    return rows
 
 
 def unavailable_engines(rows: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], dict[str, str]]:
@@ -120,12 +116,37 @@ def row_in_subprocess(spec: dict) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def rows_in_subprocess(specs: list[dict]):
+    """Several rows in one child, in turn (GPU rows: one CUDA context and model load; each row's memory is the
+    device's own peak), yielded as each finishes.  A row that fails gives {"error": its one line} in its place; a
+    child that dies gives that for the rows it did not reach."""
+    child = subprocess.Popen([sys.executable, "-m", "certseg_rt.bench", json.dumps(specs)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    done = 0
+    try:
+        for line in child.stdout:
+            if line.startswith("{"):
+                done += 1
+                yield json.loads(line)
+        err = child.stderr.read()
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+    died = (err.strip().splitlines() or [f"exit status {child.returncode}"])[-1][:200]
+    for _ in range(len(specs) - done):
+        yield {"error": f"the row's process ended ({died})"}
+
+
 def run(*, sizes=(128, 256), ns=(100,), batch_sizes=(8, 16, 32), engines: list[str] | None = None,
         references: list[str] | None = None, repeats: int = 3, n0: int = 10, reference_loop: bool = True,
         engine_dir: Path | None = None, model: str = "chest", quick: bool = False, max_memory: int | None = None,
-        gpu_only: bool = False, log=print) -> dict:
-    """All rows.  The batch size is swept at the smallest n; larger n reuse the best one found there.
-    gpu_only: the rows of GPU runners only (no reference loop, no CPU engines or torch rows)."""
+        gpu_only: bool = False, throughput: int = 0, on_rows=None, log=print) -> dict:
+    """All rows.  The batch size is swept at the smallest n; larger n reuse the best one found there (CPU rows;
+    GPU rows of one size and n run in one process at their device plan, ``gpu.py``).
+    gpu_only: the rows of GPU runners only (no reference loop, no CPU engines or torch rows).
+    throughput: images per throughput row of each GPU form at the first n (0: none).
+    on_rows: called with the result so far after each row (or group of GPU rows)."""
     from ..runtime.backends import REFERENCES, RUNNERS
     from . import rows as row_kinds
 
@@ -175,8 +196,9 @@ def run(*, sizes=(128, 256), ns=(100,), batch_sizes=(8, 16, 32), engines: list[s
                 build_engine(load_source(model, image_size=(size, size)), row_kinds.SIGMA, path, backend=backend,
                              precision=precision, batch_sizes=(1, 16, max(batch_sizes)), log=lambda m: None)
                 built[(backend, precision)] = path
-            specs = [{"kind": "reference", "backend": r, "precision": p, "layout": layout}
-                     for r, p, layout in torch_rows]
+            specs = [_reference_spec(row, on_gpu(row[0])) for row in torch_rows]
+            # engine rows (TensorRT on a GPU included) keep a process of their own and the batch sweep: an engine's
+            # batch is its build's range; the torch-cuda reference rows plan their own batches on the device
             specs += [{"kind": "engine", "backend": b, "precision": p, "engine": str(path)}
                       for (b, p), path in built.items()]
             for n in ns:
@@ -186,7 +208,7 @@ def run(*, sizes=(128, 256), ns=(100,), batch_sizes=(8, 16, 32), engines: list[s
                     log(f"reference-loop {size}x{size} n={n}")
                     results.append(row_in_subprocess({**base, "kind": "reference-loop", "backend": "reference-loop",
                                                       "precision": "fp32", "batch_size": 1, "repeats": 1}))
-                for spec in specs:
+                for spec in (s for s in specs if not s.get("gpu")):
                     spec = {**base, **spec}
                     key = (size, row_name(spec))
                     if key not in best_batch:
@@ -201,14 +223,78 @@ def run(*, sizes=(128, 256), ns=(100,), batch_sizes=(8, 16, 32), engines: list[s
                     # The reported row: the best batch size, timed again with its certified Dice.
                     log(f"{row_name(spec)} {size}x{size} n={n} batch {best_batch[key]} (+ certified Dice)")
                     results.append(row_in_subprocess({**spec, "batch_size": best_batch[key]}))
+                    _report(on_rows, mach, model, results, skipped)
+                report = lambda: _report(on_rows, mach, model, results, skipped)  # noqa: E731
+                # GPU rows: the device plan decides the batch; repeats at every n (a GPU certify at n = 1000 is short)
+                gpu_specs = [{**base, **spec, "batch_size": None, "repeats": repeats} for spec in specs if spec.get("gpu")]
+                _gpu_rows(gpu_specs, f"{size}x{size} n={n}", results, skipped, log, report)
+                if throughput and gpu_specs and n == ns[0]:
+                    _gpu_rows(throughput_specs(results, base, throughput), f"throughput {size}x{size} n={n}", results,
+                              skipped, log, report)
     add_fractions(results, mach)
     return {"machine": mach, "model": model.name, "rows": results, "summary": summarize(results),
             "skipped": skipped}
 
 
+def _reference_spec(row: tuple, gpu: bool) -> dict:
+    spec = {"kind": "reference", "backend": row[0], "precision": row[1], "layout": row[2]}
+    if len(row) > 3:
+        spec["variant"] = row[3]
+    if gpu:
+        spec["gpu"] = True
+    return spec
+
+
+def _gpu_rows(specs: list[dict], what: str, results: list[dict], skipped: dict, log, report) -> None:
+    """GPU rows of one size and n in one process (no batch sweep: a GPU runner's batch is its device plan);
+    a row that fails is listed with its reason, the others stand."""
+    if not specs:
+        return
+    log(f"GPU rows {what}: {', '.join(row_name(s) for s in specs)} (one process)")
+    for spec, row in zip(specs, rows_in_subprocess(specs)):
+        if "error" in row:
+            name = f"{row_name(spec)} ({spec['kind']} {spec['image_size']}x{spec['image_size']} n={spec['n']})"
+            skipped[name] = row["error"]
+            log(f"no {name} row: {row['error']}")
+        else:
+            results.append(row)
+            log(f"  {row_name(row)} {spec['kind']}: {row['seconds_median']:.4f} s")
+        report()
+
+
+def throughput_specs(results: list[dict], base: dict, images: int) -> list[dict]:
+    """Throughput rows of this size and n: each GPU form's fastest latency row (eager, careful, fused, fused
+    compiled), certifying `images` held-out phantoms."""
+    from .gpu import CAREFUL, WEAK
+
+    here = [r for r in results if r.get("gpu") and r.get("kind") == "reference" and r["image_size"] ==
+            base["image_size"] and r["n"] == base["n"]]
+    specs = []
+    for form in (WEAK, CAREFUL, "torch-cuda-fused", "torch-cuda-fused:compiled"):
+        backend, _, compiled = form.partition(":")
+        mine = [r for r in here if r["backend"] == backend and bool(r.get("variant")) == bool(compiled)]
+        if mine:
+            best = min(mine, key=lambda r: r["seconds_median"])
+            specs.append({**base, "kind": "throughput", "backend": backend, "precision": best["precision"],
+                          "layout": best.get("layout") or "nchw", "images": images, "batch_size": None, "gpu": True,
+                          "repeats": 1, **({"variant": best["variant"]} if best.get("variant") else {})})
+    return specs
+
+
+def _report(on_rows, mach, model, results, skipped) -> None:
+    """The rows so far, for a caller that writes them as they come (an interrupted bench keeps them)."""
+    if on_rows is not None:
+        rows = [dict(r) for r in results]
+        add_fractions(rows, mach)
+        on_rows({"machine": mach, "model": model.name, "rows": rows, "summary": summarize(rows),
+                 "skipped": dict(skipped), "partial": True})
+
+
 def add_fractions(rows: list[dict], mach: dict) -> None:
-    """Each CPU row's achieved GFLOP/s as a fraction of the peak of the precision it ran (GPU rows: none)."""
+    """Each CPU row's achieved GFLOP/s as a fraction of the peak of the precision it ran; GPU rows against the
+    chip's peak and the model's forward-pass limit (gpu.add_gpu_fractions)."""
     from ..runtime.backends import REFERENCES, RUNNERS
+    from .gpu import add_gpu_fractions
 
     for row in rows:
         registry = RUNNERS if row.get("kind") == "engine" else REFERENCES
@@ -217,6 +303,7 @@ def add_fractions(rows: list[dict], mach: dict) -> None:
         row["peak"] = peak
         gflops = mach["peak_gflops"].get(peak) if peak else None
         row["fraction_of_peak"] = round(row["gflops_per_second"] / gflops, 4) if gflops else None
+    add_gpu_fractions(rows)
 
 
 def summarize(rows) -> dict:
@@ -236,7 +323,7 @@ def summarize(rows) -> dict:
             torch_best = fastest([r for r in sel if r.get("kind") == "reference" and not on_gpu(r)])
             torch_fp32 = next((r for r in sel if row_name(r) == "torch-eager:fp32:nchw"), None)
             loop = next((r for r in sel if r.get("kind") == "reference-loop"), None)
-            gpu = summarize_gpu([r for r in sel if on_gpu(r)])
+            gpu = summarize_gpu([r for r in sel if on_gpu(r)])  # never against CPU rows
             if engine is None:
                 if gpu:  # GPU rows only (bench --gpu-only)
                     out[f"{size}x{size} n={n}"] = gpu
@@ -261,21 +348,3 @@ def summarize(rows) -> dict:
             entry.update(gpu)
             out[f"{size}x{size} n={n}"] = entry
     return out
-
-
-def summarize_gpu(rows: list[dict]) -> dict:
-    """The fastest GPU row against the PyTorch GPU baseline (torch-cuda eager, fp32 and bf16) where it ran, and
-    the fused torch-cuda loop over eager per precision.  GPU rows are never compared with CPU rows."""
-    if not rows:
-        return {}
-    best = min(rows, key=lambda r: r["seconds_median"])
-    entry = {"fastest_gpu": row_name(best), "gpu_seconds": best["seconds_median"]}
-    eager = {r["precision"]: r for r in rows if r["backend"] == "torch-cuda-eager"}
-    for p in ("fp32", "bf16"):
-        if p in eager:
-            entry[f"gpu_speedup_vs_torch_cuda_eager_{p}"] = round(eager[p]["seconds_median"] / best["seconds_median"], 2)
-    fused = {r["precision"]: round(eager[r["precision"]]["seconds_median"] / r["seconds_median"], 2)
-             for r in rows if r["backend"] == "torch-cuda-fused" and r["precision"] in eager}
-    if fused:
-        entry["torch_cuda_fused_speedup_vs_eager"] = fused
-    return entry

@@ -59,9 +59,11 @@ def export_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, classes, d
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="engine directory to create")
 @click.option("--batch-sizes", default="1,16,64", show_default=True, help="MIN,OPT,MAX of the batch dimension")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "int8", "fp16", "bf16"]), default="fp32", show_default=True,
-              help="onnxruntime: fp32 or int8 (static, phantom-calibrated); openvino: fp32, bf16 (CPUs with native "
-                   "bf16) or int8 (NNCF, phantom-calibrated); tensorrt: fp32, fp16, bf16")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "int8", "fp16", "bf16"]), default=None,
+              help="onnxruntime: fp32 or int8 (static, phantom-calibrated); openvino: auto (build each precision this "
+                   "CPU runs natively, keep the fastest that passes parity, measured here), fp32, bf16 (CPUs with "
+                   "native bf16) or int8 (NNCF, phantom-calibrated); tensorrt: fp32, fp16, bf16  [default: auto for "
+                   "openvino, else fp32]")
 @click.option("--force", is_flag=True, help="keep an engine whose labels agree with torch fp32 below the floor")
 @click.option("--workspace", type=int, default=1024, show_default=True, help="tensorrt: builder workspace, MiB")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
@@ -84,12 +86,14 @@ def build_engine_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, clas
     Example:
       certseg-rt build-engine --out engines/chest
       certseg-rt certify scan.png --engine engines/chest
-      certseg-rt build-engine --backend openvino --precision bf16 --out engines/chest-ov
+      certseg-rt build-engine --backend openvino --out engines/chest-ov      # precision auto: measured here
       certseg-rt build-engine --backend tensorrt --precision fp16 --out engines/chest-trt
     """
     from ..export.build import build_engine, check_request
 
     check_parameters(sigma=sigma)
+    if precision is None:
+        precision = "auto" if backend == "openvino" else "fp32"
     try:
         sizes = tuple(int(v) for v in batch_sizes.split(","))
         assert len(sizes) == 3
@@ -102,7 +106,13 @@ def build_engine_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, clas
     if memory_budget is not None and memory_budget < 1:
         raise CertsegError(f"--memory-budget {memory_budget} must be >= 1 (MiB); omit it to use half the available "
                            f"memory")
-    check_request(backend, precision, trt)  # before any heavy work: one line saying what is missing
+    if precision == "auto" and (no_parity or force):
+        raise CertsegError("--precision auto keeps the fastest precision whose parity with torch passes, so it runs "
+                           "the parity check: drop --no-parity and --force, or name a --precision")
+    if precision == "auto" and backend != "openvino":
+        raise CertsegError(f"--precision auto is available for --backend openvino; name a precision for {backend}")
+    # Before any heavy work: one line saying what is missing (auto: what its always-built fp32 needs).
+    check_request(backend, "fp32" if precision == "auto" else precision, trt)
     check_writable(out)
     source = load_source_from_options(model, segmenter, segmenter_weights, segmenter_kwargs, classes, denoiser, image_size)
     manifest = build_engine(source, sigma, out, backend=backend, precision=precision, batch_sizes=sizes,
@@ -114,7 +124,8 @@ def build_engine_cmd(model, segmenter, segmenter_weights, segmenter_kwargs, clas
     else:
         sizes = manifest["batch_sizes"]
         batch = f"batch {sizes['opt']} fixed" if sizes.get("fixed") else f"batch {sizes['min']}..{sizes['max']}"
-        click.echo(f"built {out} ({backend}, {manifest['precision']}, sigma {sigma}, {batch}); "
+        chosen = " chosen by --precision auto" if "precision_choice" in manifest else ""
+        click.echo(f"built {out} ({backend}, {manifest['precision']}{chosen}, sigma {sigma}, {batch}); "
                    f"{parity_summary(manifest['parity'])}")
 
 

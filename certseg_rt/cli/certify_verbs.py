@@ -12,6 +12,7 @@ from ..certify import DEFAULTS, check_parameters
 from ..errors import CertsegError
 from .common import (
     REFERENCE_BATCH,
+    cache_choice,
     check_batch_size,
     certify_with_progress,
     check_writable,
@@ -34,22 +35,42 @@ from .group import main
 @smoothing_options
 @runtime_options
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="write the certified mask here (PNG: class index per pixel, 255 = abstain)")
+              help="write the certified mask here (PNG: class index per pixel, 255 = abstain; a volume's mask: "
+                   "NIfTI .nii/.nii.gz, or .nrrd for an NRRD volume)")
+@click.option("--window", default=None, metavar="LO,HI",
+              help="volumes: the intensities mapped to [0, 1] (e.g. -160,240 Hounsfield units)  [default: the "
+                   "volume's min-max]")
 @click.option("--json", "as_json", is_flag=True, help="print the certificate as JSON")
 @user_errors
-def certify(image, model, engine, sigma, tau, alpha, n0, n, seed, batch_size, correction, threads, max_memory, out,
-            as_json):
-    """Certify one image: per-pixel labels that provably hold within an L2 radius.
+def certify(image, model, engine, sigma, tau, alpha, n0, n, seed, batch_size, correction, threads, max_memory,
+            cache_dir, no_cache, out, window, as_json):
+    """Certify one image, or one volume whole: per-pixel labels that provably hold within an L2 radius.
+
+    A volume (NIfTI of several slices, NRRD, or a folder of one DICOM series) is certified slice by slice
+    with the 2-D model, and Holm runs once over all its voxels: the guarantee holds jointly for the volume.
 
     \b
     Example:
       certseg-rt certify scan.png --sigma 0.25 --n 100 --out mask.png --json
       certseg-rt certify scan.png --engine engines/chest --json
+      certseg-rt certify ct.nii.gz --window -160,240 --out ct_mask.nii.gz --json
     """
     from ..io import read_image, write_mask
     from ..manifest import sha256_file
+    from ..volumes import is_volume_path
+    from .volume_commands import certify_volume_file, open_volume_for_certify
 
     check_parameters(sigma=sigma, tau=tau, alpha=alpha, n0=n0, n=n, correction=correction, seed=seed)
+    if is_volume_path(image):
+        prepared = open_volume_for_certify(Path(image), out, window)  # a bad volume: one line, before the model
+        backend, classes = open_backend(model, engine, sigma, batch_size, threads=threads,
+                                        max_memory=memory_budget(max_memory),
+                                        cache_dir=cache_choice(cache_dir, no_cache), calls=(n0, n))
+        return certify_volume_file(prepared, backend, classes, n0=n0, n=n, tau=tau, alpha=alpha, seed=seed,
+                                   correction=correction, out=out, as_json=as_json)
+    if window is not None:
+        raise CertsegError(f"--window applies to volumes; {image} is a 2-D image (give PNG/.npy in [0, 1] or let "
+                           f"NIfTI/DICOM slices be min-max normalised)")
     if out is not None and out.suffix.lower() != ".png":
         raise CertsegError(f"--out {out} must end in .png (the mask is written as a PNG)")
     if not Path(image).is_file():
@@ -57,7 +78,8 @@ def certify(image, model, engine, sigma, tau, alpha, n0, n, seed, batch_size, co
     from ..resize import fit_to_model
 
     backend, classes = open_backend(model, engine, sigma, batch_size, threads=threads,
-                                    max_memory=memory_budget(max_memory))
+                                    max_memory=memory_budget(max_memory), cache_dir=cache_choice(cache_dir, no_cache),
+                                    calls=(n0, n))
     x = read_image(image, backend.channels, note=note)
     fit = fit_to_model(x, backend.input_size, getattr(backend, "adapter", None))
     if fit.resized:

@@ -40,8 +40,8 @@ def user_errors(fn):
 
 
 EXTRA_OF = {"torch": "export", "diffusers": "export", "safetensors": "export", "onnx": "export",
-             "onnxruntime": "cpu", "matplotlib": "plots", "tensorrt": "gpu", "mrcfile": "data", "nrrd": "data",
-             "nibabel": "data", "pydicom": "data"}
+             "onnxruntime": "cpu", "matplotlib": "plots", "tensorrt": "gpu", "nibabel": "nifti", "nrrd": "nrrd",
+             "pydicom": "dicom", "mrcfile": "data"}
 
 
 def smoothing_options(fn):
@@ -69,17 +69,29 @@ def smoothing_options(fn):
 
 
 def runtime_options(fn):
-    """How the runtime may use this machine: threads and a memory budget (the batch is fitted to it)."""
+    """How the runtime may use this machine: threads, a memory budget (the batch is fitted to it), and where
+    compiled models are cached (engines compiled at load: OpenVINO)."""
     opts = [
         click.option("--threads", type=int, default=None,
                      help="inference threads [default: the engine's (openvino), the library's (others)]"),
         click.option("--max-memory", default=None, metavar="SIZE",
                      help="memory budget, e.g. 2G or 512M: the batch is lowered to fit it  [default: half the "
                           "memory available now]"),
+        click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+                     help="folder of the compiled-model cache (OpenVINO engines: the next process imports what this "
+                          "one compiled)  [default: $CERTSEG_CACHE_DIR, else ~/.cache/certseg-rt]"),
+        click.option("--no-cache", is_flag=True, help="compile the engine in this process and keep nothing"),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
+
+
+def cache_choice(cache_dir: Path | None, no_cache: bool):
+    """--cache-dir / --no-cache as the runtime takes them: a folder, None (the default folder) or False (none)."""
+    if no_cache and cache_dir is not None:
+        raise CertsegError("--cache-dir and --no-cache contradict each other; give one")
+    return False if no_cache else cache_dir
 
 
 def memory_budget(max_memory: str | None) -> int | None:
@@ -133,21 +145,28 @@ def check_batch_size(batch_size: int | None) -> None:
 
 
 def open_backend(model: str, engine: Path | None, sigma: float | None, batch_size: int | None, denoiser: bool = True,
-                 threads: int | None = None, max_memory: int | None = None):
-    """(backend, classes) for the torch reference (a model) or a built engine directory."""
+                 threads: int | None = None, max_memory: int | None = None, reference: str | None = None,
+                 cache_dir=None, calls: tuple[int, ...] | None = None):
+    """(backend, classes) for a reference runner on a model (default: the CPU torch reference; `reference` is
+    RUNNER[:PRECISION[:LAYOUT|VARIANT]], e.g. torch-cuda-fused:fp16) or a built engine directory; an engine is made
+    ready for calls of ``calls`` samples (n0 and n: compiled at open, or imported from the cache ``cache_dir``)."""
     check_batch_size(batch_size)
     if threads is not None and threads < 1:
         raise CertsegError(f"--threads {threads} must be >= 1 (omit it for the default)")
     if engine is not None:
         from ..runtime.segmenter import CertifiedSegmenter
 
-        seg = CertifiedSegmenter.load(engine, batch_size=batch_size, threads=threads, max_memory=max_memory)
+        seg = CertifiedSegmenter.load(engine, batch_size=batch_size, threads=threads, max_memory=max_memory,
+                                      cache_dir=cache_dir, calls=calls)
         seg._check_sigma(sigma)
         return seg.backend, seg.classes
-    from ..runtime.backends import open_model
+    from ..runtime.backends import REFERENCES, open_model, parse_reference
 
-    backend = open_model(model_dir(model), DEFAULTS["sigma"] if sigma is None else sigma,
-                         batch_size=batch_size or REFERENCE_BATCH, denoiser=denoiser, threads=threads, max_memory=max_memory)
+    name, precision, layout, variant = parse_reference(reference or "torch-eager")
+    default_batch = None if REFERENCES[name].gpu else REFERENCE_BATCH  # on a GPU the device memory decides
+    backend = open_model(model_dir(model), DEFAULTS["sigma"] if sigma is None else sigma, name=name,
+                         precision=precision, layout=layout, variant=variant, batch_size=batch_size or default_batch,
+                         denoiser=denoiser, threads=threads, max_memory=max_memory)
     return backend, backend.source.classes
 
 
@@ -156,8 +175,8 @@ def intake_options(fn):
     opts = [
         click.option("--model", default="chest", show_default=True, help="bundled model name or model directory"),
         click.option("--segmenter", default=None,
-                     help="your segmenter: an ONNX file, a TorchScript file, or 'package.module:factory' with "
-                          "--segmenter-weights"),
+                     help="your segmenter: an ONNX file, a TorchScript file, or a factory with --segmenter-weights: "
+                          "'package.module:factory', or 'path/to/models.py:factory' (that file alone)"),
         click.option("--segmenter-weights", type=click.Path(path_type=Path), default=None,
                      help="weights for a factory segmenter: .safetensors, or a torch state dict (.pt/.pth/.bin)"),
         click.option("--segmenter-kwargs", default=None, help="JSON keyword arguments for the factory"),

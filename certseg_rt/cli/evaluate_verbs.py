@@ -11,6 +11,7 @@ from ..certify import DEFAULTS, check_parameters
 from ..errors import CertsegError
 from .common import (
     REFERENCE_BATCH,
+    cache_choice,
     check_batch_size,
     check_writable,
     memory_budget,
@@ -64,6 +65,10 @@ def make_phantoms(dataset_dir, count, size, first_seed, modality):
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="results folder (resumable)")
 @click.option("--model", default="chest", show_default=True, help="bundled model name or model directory")
 @click.option("--engine", type=click.Path(path_type=Path), default=None, help="evaluate this engine directory")
+@click.option("--reference", default=None, metavar="RUNNER[:PRECISION[:LAYOUT|VARIANT]]",
+              help="the runner of --model: torch-eager (default, CPU), or on a GPU torch-cuda-fused[:fp16[:compiled]], "
+                   "torch-cuda-careful[:bf16[:channels_last]], torch-cuda-eager; GPU runners pack several images' "
+                   "samples into one batch")
 @click.option("--sigma", "sigmas", default=None, help="comma-separated noise levels [default: 0.25, or the engine's]")
 @click.option("--no-denoiser", is_flag=True, help="plain randomized smoothing: the segmenter sees the noisy image")
 @click.option("--tau", type=float, default=DEFAULTS["tau"], show_default=True)
@@ -74,6 +79,9 @@ def make_phantoms(dataset_dir, count, size, first_seed, modality):
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--correction", type=click.Choice(["holm", "bonferroni"]), default="holm", show_default=True)
 @click.option("--config-name", default=None, help="label of this configuration in the results")
+@click.option("--window", default=None, metavar="LO,HI",
+              help="volumes: the intensities mapped to [0, 1] (e.g. -160,240 Hounsfield units)  [default: each "
+                   "volume's min-max]")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
               help="evaluate on a Ray cluster: HOST:PORT of its head, 'auto' (the default when no address is "
                    "given: the running cluster) or 'local' (start one here)")
@@ -82,22 +90,26 @@ def make_phantoms(dataset_dir, count, size, first_seed, modality):
 @click.option("--ray-workers", type=int, default=None, help="with --ray: number of workers [default: fill the cluster]")
 @runtime_options
 @user_errors
-def evaluate(dataset_dir, out, model, engine, sigmas, no_denoiser, tau, alpha, n0, n, seed, batch_size, correction,
-             config_name, ray_address, ray_cpus, ray_workers, threads, max_memory):
+def evaluate(dataset_dir, out, model, engine, reference, sigmas, no_denoiser, tau, alpha, n0, n, seed, batch_size,
+             correction, config_name, window, ray_address, ray_cpus, ray_workers, threads, max_memory, cache_dir,
+             no_cache):
     """Certified Dice / IoU, abstain rate and radius over a dataset folder; CSV + JSON + PNG plots.
 
     Abstained pixels count as false negatives of their true class and never as false positives.
     Finished images are skipped when re-run (results are written per image, atomically), with or
-    without --ray: the records are the same.
+    without --ray: the records are the same.  Volumes (images/NAME.nii.gz, .nrrd, or a DICOM series
+    folder images/NAME/, with masks/NAME.nii.gz on the same grid) are certified whole and scored per voxel.
 
     \b
     Example:
       certseg-rt make-phantoms data/phantoms --count 20
       certseg-rt evaluate data/phantoms --sigma 0.25,0.5 --out results/
       certseg-rt evaluate data/phantoms --ray HEAD:6379 --engine engines/chest --out results/
+      certseg-rt evaluate data/phantoms --reference torch-cuda-fused:fp16 --out results/   # on a GPU
     """
     from ..evaluate import list_dataset, record_path, write_tables
-    from ..io import overlay, read_image, write_json
+    from ..evaluate_volume import overlay_image, volume_window
+    from ..io import overlay, write_json
 
     try:
         sigma_list = [float(v) for v in sigmas.split(",")] if sigmas else [None]
@@ -112,14 +124,23 @@ def evaluate(dataset_dir, out, model, engine, sigmas, no_denoiser, tau, alpha, n
         raise CertsegError("--ray-workers and --ray-cpus need --ray")
     if ray_address is not None and (ray_cpus <= 0 or (ray_workers is not None and ray_workers < 1)):
         raise CertsegError("--ray-cpus must be > 0 and --ray-workers >= 1")
+    if ray_address is not None and (cache_dir is not None or no_cache):
+        raise CertsegError("with --ray each worker keeps compiled models in its own machine's cache folder; omit "
+                           "--cache-dir and --no-cache")
     if ray_address is not None and threads is not None:
         raise CertsegError("with --ray each worker runs --ray-cpus threads; omit --threads")
+    if reference is not None and (engine is not None or ray_address is not None):
+        raise CertsegError("--reference runs --model here; it does not combine with --engine or --ray")
     budget = memory_budget(max_memory)
+    cache = cache_choice(cache_dir, no_cache)
     samples = list_dataset(dataset_dir)
+    window_range = volume_window(window, samples, ray_address)
     check_writable(out)
     config = config_name or (f"engine:{Path(engine).name}" if engine else
-                             ("plain" if no_denoiser else "denoised"))
-    params = {"n0": n0, "n": n, "tau": tau, "alpha": alpha, "seed": seed, "correction": correction}
+                             ("plain" if no_denoiser else "denoised")
+                             + (f"@{reference.replace(':', '-')}" if reference else ""))
+    params = {"n0": n0, "n": n, "tau": tau, "alpha": alpha, "seed": seed, "correction": correction,
+              **({"window": list(window_range)} if window_range is not None else {})}
     records, failures, tiles = [], [], []
     # On a cluster the engine or model is checked here, before Ray starts (the workers open it).
     targets = [_ray_target(model, engine, sg, batch_size, not no_denoiser, budget) for sg in sigma_list] \
@@ -129,7 +150,8 @@ def evaluate(dataset_dir, out, model, engine, sigmas, no_denoiser, tau, alpha, n
             for k, sg in enumerate(sigma_list):
                 if ray is None:
                     backend, classes = open_backend(model, engine, sg, batch_size, denoiser=not no_denoiser,
-                                                    threads=threads, max_memory=budget)
+                                                    threads=threads, max_memory=budget, reference=reference,
+                                                    cache_dir=cache, calls=(n0, n))
                     sigma, channels = backend.sigma, backend.channels
                 else:
                     target = targets[k]
@@ -165,7 +187,7 @@ def evaluate(dataset_dir, out, model, engine, sigmas, no_denoiser, tau, alpha, n
                 for i in sorted(shown)[:max(0, 8 - len(tiles))]:
                     rec = new[todo[i].name]
                     tiles.append((f"{todo[i].name} sigma={sigma:g} Dice {rec['certified_dice']:.2f}",
-                                  overlay(read_image(todo[i].image, channels), shown[i])))
+                                  overlay(overlay_image(todo[i], rec, channels), shown[i])))
     except KeyboardInterrupt:
         raise CertsegError(f"interrupted; finished images are saved in {out}/records (re-run the same command "
                            f"to resume)")
@@ -200,18 +222,16 @@ def _finished_record(path: Path, params: dict) -> dict | None:
 
 
 def _evaluate_here(todo, backend, clean_fn, classes, sigma, params):
-    """The images evaluated in this process, one outcome each (as distributed.evaluate_on_ray yields them)."""
+    """The images evaluated in this process, one outcome each (as distributed.evaluate_on_ray yields them); GPU
+    runners pack several images' samples into one batch (evaluate.evaluate_samples)."""
     from ..distributed import Outcome
-    from ..evaluate import evaluate_sample
+    from ..evaluate import evaluate_samples
 
-    for i, sample in enumerate(todo):
-        try:
-            rec = evaluate_sample(sample, backend, clean_fn, classes, sigma=sigma, **params)
-        except (CertsegError, ValueError) as e:
-            yield Outcome(i, reason=str(e).splitlines()[0] if str(e) else type(e).__name__)
-            continue
-        labels = rec.pop("_labels")
-        yield Outcome(i, record=rec, labels=labels)
+    for i, rec in evaluate_samples(todo, backend, clean_fn, classes, sigma=sigma, **params):
+        if isinstance(rec, Exception):
+            yield Outcome(i, reason=str(rec).splitlines()[0] if str(rec) else type(rec).__name__)
+        else:
+            yield Outcome(i, record=rec, labels=rec.pop("_labels"))
 
 
 def _ray_or_nothing(address):

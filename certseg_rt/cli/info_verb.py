@@ -12,7 +12,7 @@ from .group import main
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def info(as_json):
-    """Version, available backends, the compiled extension and the bundled models."""
+    """Version, available backends, the compiled extension, the compiled-model cache and the bundled models."""
     import importlib.util
 
     backends = {"torch-eager": importlib.util.find_spec("torch") is not None}
@@ -29,7 +29,14 @@ def info(as_json):
     from .._ext_loader import EXTENSION_STATUS
     from ..zoo import bundled_models
 
-    data = {"version": __version__, "backends": backends, "extension": EXTENSION_STATUS, "models": bundled_models()}
+    from ..runtime.model_cache import cache_root
+
+    root = cache_root()
+    entries = sorted((root / "openvino").glob("*.blob")) if (root / "openvino").is_dir() else []
+    cache = {"folder": str(root), "openvino_entries": len(entries),
+             "openvino_bytes": sum(p.stat().st_size for p in entries)}
+    data = {"version": __version__, "backends": backends, "extension": EXTENSION_STATUS, "models": bundled_models(),
+            "compiled_model_cache": cache}
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
@@ -38,6 +45,8 @@ def info(as_json):
             click.echo(f"  {name:<22} {'yes' if ok else 'no'}")
         click.echo(f"  extension: cpu {'yes' if EXTENSION_STATUS['cpu'] else 'no'}, "
                    f"cuda {'yes' if EXTENSION_STATUS['cuda'] else 'no'}")
+        click.echo(f"compiled-model cache: {cache['folder']} ({cache['openvino_entries']} OpenVINO entries, "
+                   f"{cache['openvino_bytes'] / 2**20:.1f} MiB; $CERTSEG_CACHE_DIR moves it, removing it is safe)")
         click.echo("bundled models (--model NAME):")
         for name, m in data["models"].items():
             click.echo(f"  {name:<18} {m['modality'] or '-':<13} {m['channels']} ch, {len(m['classes'])} classes, "

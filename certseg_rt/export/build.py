@@ -152,9 +152,20 @@ def build_engine(source: SourceModel, sigma: float, out: Path, *, backend: str =
     pixels (fp32: 99.9%); below that the build fails unless `force`.  Either way the engine is what
     gets certified.  A graph with a fixed batch dimension B gets an engine for exactly B.  The parity
     check runs inside the engine's batch range and `memory_budget` bytes (``export.parity``).
+    ``precision="auto"`` (builders with ``native_precisions``: OpenVINO) builds each precision this CPU runs
+    natively and keeps the fastest that passes parity, measured here (``export/auto_precision.py``).
     """
     make = builder(backend)
-    make.check_request(precision, options or {})
+    if precision == "auto":
+        if not hasattr(make, "native_precisions"):
+            raise CertsegError(f"--precision auto is available for --backend openvino; name a precision for "
+                               f"{backend} (one of {', '.join(make.PRECISIONS)})")
+        if not parity or force:
+            raise CertsegError("--precision auto keeps the fastest precision whose parity with torch passes, so it "
+                               "runs the parity check: drop --no-parity and --force, or name a --precision")
+        make.check_request("fp32", options or {})  # what every candidate needs
+    else:
+        make.check_request(precision, options or {})
     lo, opt, hi = batch_sizes
     if not 1 <= lo <= opt <= hi:
         raise CertsegError(f"--batch-sizes {lo},{opt},{hi} must satisfy 1 <= MIN <= OPT <= MAX")
@@ -174,28 +185,41 @@ def build_engine(source: SourceModel, sigma: float, out: Path, *, backend: str =
                 log(f"note: the segmenter graph has a fixed batch of {b}: building an engine for exactly batch {b} "
                     f"(not --batch-sizes {lo},{opt},{hi}){pads}")
             lo = opt = hi = b
-        fields = make.build(stage, graphs, source=source, sigma=sigma, precision=precision,
-                            batch_sizes=(lo, opt, hi), threads=threads, parity=parity, force=force,
-                            options={**(options or {}), "out": out, "memory_budget": memory_budget}, log=log)
+
+        def manifest_fields(chosen: str, fields: dict) -> dict:
+            """The manifest of an engine of precision ``chosen`` whose builder returned ``fields``."""
+            return {
+                "backend": backend,
+                "precision": chosen,
+                "sigma": sigma,
+                "denoiser": None if graphs.metadata["denoiser"] is None else {
+                    **graphs.metadata["denoiser"], "graph": graphs.denoiser.name},
+                "classes": source.classes,
+                "modality": source.modality,
+                "input": graphs.metadata["input"],
+                "adapter": graphs.metadata["adapter"],  # image -> noise space (adapters.py); null: none
+                "batch_sizes": {"min": lo, "opt": opt, "max": hi, **({"fixed": True} if graphs.fixed_batch else {})},
+                "exporter": exporter,
+                "graphs_made": graphs.made,
+                "source_model_files": hash_files(source.files),
+                "intake": source.intake,
+                "memory": memory,
+                **fields,
+                "tools": {**tool_versions(), **fields.get("tools", {})},
+            }
+
+        memory = memory_profile(source, sigma) if source.segmenter is not None else None
+        opts = {**(options or {}), "out": out, "memory_budget": memory_budget}
+        if precision == "auto":
+            from .auto_precision import build_auto
+
+            precision, fields = build_auto(make, stage, graphs, source=source, sigma=sigma, batch_sizes=(lo, opt, hi),
+                                           threads=threads, options=opts, log=log, manifest_fields=manifest_fields)
+        else:
+            fields = make.build(stage, graphs, source=source, sigma=sigma, precision=precision,
+                                batch_sizes=(lo, opt, hi), threads=threads, parity=parity, force=force, options=opts,
+                                log=log)
         if not parity:
             fields["parity"] = {"skipped": True, "reason": "--no-parity: the graphs were not compared with torch"}
-        manifest = write_manifest(stage, {
-            "backend": backend,
-            "precision": precision,
-            "sigma": sigma,
-            "denoiser": None if graphs.metadata["denoiser"] is None else {
-                **graphs.metadata["denoiser"], "graph": graphs.denoiser.name},
-            "classes": source.classes,
-            "modality": source.modality,
-            "input": graphs.metadata["input"],
-            "adapter": graphs.metadata["adapter"],  # image -> noise space (adapters.py); null: none
-            "batch_sizes": {"min": lo, "opt": opt, "max": hi, **({"fixed": True} if graphs.fixed_batch else {})},
-            "exporter": exporter,
-            "graphs_made": graphs.made,
-            "source_model_files": hash_files(source.files),
-            "intake": source.intake,
-            "memory": memory_profile(source, sigma) if source.segmenter is not None else None,
-            **fields,
-            "tools": {**tool_versions(), **fields.get("tools", {})},
-        })
+        manifest = write_manifest(stage, manifest_fields(precision, fields))
     return manifest

@@ -8,7 +8,6 @@ The segmenter routes (ONNX, TorchScript, factory + weights) each have a module i
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +19,16 @@ from ..diffusion import OneStepDenoise, timestep_for_sigma
 from ..errors import CertsegError
 from .denoise_segment import DenoiseSegment, OneStepDenoiser
 from .denoisers import DenoiserSpec, denoiser_spec, load_denoiser, size_multiple_with
-from .intake.factory import TORCH_SUFFIXES, build_from_factory, load_factory, load_weights_into
+from .intake.factory import (
+    TORCH_SUFFIXES,
+    build_from_factory,
+    factory_file,
+    is_factory_spec,
+    load_factory,
+    load_weights_into,
+)
 from .intake.probe import first_conv_in_channels, probe_segmenter
 from .intake.torchscript import load_torchscript
-
-FACTORY_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # package.module:callable
 
 
 @dataclass
@@ -135,7 +139,8 @@ def load_source(model_dir: Path, *, segmenter: str | None = None, weights: Path 
                 denoiser: str | None = None) -> SourceModel:
     """Model intake for export: a model directory, with any part replaced by the user's own.
 
-    segmenter: an ONNX file, a TorchScript file, or 'package.module:factory' (with `weights`, safetensors
+    segmenter: an ONNX file, a TorchScript file, or a factory, 'package.module:factory' or
+    'path/to/models.py:factory' (that file alone, no package __init__) (with `weights`, safetensors
     or a torch state dict, and `kwargs`).  denoiser: a diffusers directory, or 'none' for plain randomized
     smoothing.  classes / image_size override the model directory's.
     """
@@ -167,7 +172,7 @@ def load_source(model_dir: Path, *, segmenter: str | None = None, weights: Path 
             raise CertsegError(f"image size {source.height}x{source.width} must be a multiple of {m} for this model "
                                f"(its segmenter's and denoiser's downsampling); choose --image-size "
                                f"{-(-source.height // m) * m}x{-(-source.width // m) * m}")
-    from ..io import check_image_size
+    from ..limits import check_image_size
 
     check_image_size(source.height, source.width, what="--image-size", fix="choose a smaller --image-size")
     if source.unet is not None:
@@ -195,15 +200,7 @@ def _segmenter_route(source: SourceModel, segmenter: str, weights: Path | None, 
                          "batch": onnx_file.batch or "dynamic"}
         files = {"segmenter.onnx": path} | {f"segmenter.onnx:{n}": path.parent / n for n in onnx_file.external_files}
         module = None
-    elif path.is_file():
-        if weights is not None or kwargs:
-            raise CertsegError(f"--segmenter {path} is a file; --segmenter-weights and --segmenter-kwargs are for a "
-                               f"factory (--segmenter package.module:factory)")
-        module, onnx_file = load_torchscript(path), None
-        source.segmenter_file = path
-        files = {"segmenter.torchscript": path}
-        source.intake = {"segmenter": "torchscript"}
-    elif FACTORY_SPEC.fullmatch(segmenter):
+    elif is_factory_spec(segmenter) and not path.is_file():
         load_factory(segmenter)  # importable first: that is the first thing to fix
         if weights is None:
             raise CertsegError(f"--segmenter {segmenter} is a factory: give its weights with --segmenter-weights "
@@ -213,11 +210,22 @@ def _segmenter_route(source: SourceModel, segmenter: str, weights: Path | None, 
         module, onnx_file = module.eval(), None
         suffix = Path(weights).suffix.lower()
         files = {"segmenter.safetensors" if suffix == ".safetensors" else f"segmenter{suffix}": Path(weights)}
+        if factory_file(segmenter) is not None:  # the architecture's source is part of what is certified
+            files["segmenter.py"] = factory_file(segmenter)
         source.intake = {"segmenter": f"factory {segmenter}", "kwargs": kwargs or {}, "weights": layout}
+    elif path.is_file():
+        if weights is not None or kwargs:
+            raise CertsegError(f"--segmenter {path} is a file; --segmenter-weights and --segmenter-kwargs are for a "
+                               f"factory (--segmenter package.module:factory)")
+        module, onnx_file = load_torchscript(path), None
+        source.segmenter_file = path
+        files = {"segmenter.torchscript": path}
+        source.intake = {"segmenter": "torchscript"}
     elif path.suffix:
         raise CertsegError(f"--segmenter {segmenter} does not exist")
     else:
-        raise CertsegError(f"--segmenter {segmenter} is neither a file nor 'package.module:factory'")
+        raise CertsegError(f"--segmenter {segmenter} is neither a file nor a factory ('package.module:factory' or "
+                           f"'path/to/models.py:factory')")
     return module, files, onnx_file
 
 

@@ -2,17 +2,25 @@
 
 Noise is generated outside the graph (``certseg_rt.kernels``), keyed by (seed, sample index), so
 batching never changes which noise a sample sees and every backend sees the same noise.
+
+Packing, the one interface: a ``Run`` is samples first .. first + num - 1 of one image's noise stream, and
+``count_runs(backend, runs, seed)`` counts many runs (a volume's slices, a data set's images), each run's counts
+exactly what ``sample_counts(x, num, seed, first)`` gives it alone.  Where they share batches depends on the loop
+(``packs_runs``): the host loop fills every batch across run boundaries (``GraphBackend.count_runs``); a device
+loop that packs images (``packs_images``: torch-cuda fused and careful) puts consecutive runs with one (first, num)
+side by side, each image in the rows it has alone (``device_packs``); any other backend counts run by run.
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from .. import kernels
 from .._ext_loader import ext
 from ..errors import CertsegError, InputError
-from ..io import check_image_size
+from ..limits import check_image_size
 
 # The compiled kernels (cpp_ext/) when this install has them; the numpy reference otherwise.  Both
 # produce the same numbers (tests/test_ext_kernels.py), so which one ran never changes a certificate.
@@ -53,6 +61,13 @@ def check_engine_size(x, height: int, width: int, build_options: str = "") -> No
         raise CertsegError(f"image is {x.shape[-2]}x{x.shape[-1]} but the engine was built for {height}x{width}; "
                            f"resize the image or rebuild with `certseg-rt build-engine {build_options}"
                            f"--image-size {x.shape[-2]}`")
+
+
+def equal_batches(num: int, cap: int) -> tuple[int, int]:
+    """(batch, count): the fewest batches of at most `cap` samples that hold `num`, all of one size (the last one
+    padded): the static-per-call policy of every batching runner (OpenVINO, torch-cuda, the native runtime)."""
+    count = -(-num // cap)
+    return -(-num // count), count
 
 
 class GraphBackend:
@@ -100,11 +115,14 @@ class GraphBackend:
 
     def call_batch(self, num: int) -> int:
         """The batch size every sample of a call of `num` samples runs at (static_batch backends)."""
-        batches = -(-num // self.batch_size)
-        return -(-num // batches)
+        return equal_batches(num, self.batch_size)[0]
+
+    def check_image(self, x: np.ndarray) -> np.ndarray:
+        """The image as this backend takes it, or one line saying why not (engines add their fixed size)."""
+        return check_input(x, self.channels, self.size_multiple)
 
     def sample_counts(self, x: np.ndarray, num: int, seed: int, offset: int) -> np.ndarray:
-        x = check_input(x, self.channels, self.size_multiple)
+        x = self.check_image(x)
         counts = np.zeros((self.num_classes, *x.shape[1:]), np.int32)
         noisy = self._buffer(x.shape)
         padded = self.fixed_batch or self.static_batch  # every sample of the call runs at one batch size
@@ -119,5 +137,114 @@ class GraphBackend:
                 self.progress(b)
         return counts
 
+    # Whether count_runs puts several images' runs side by side in a device batch, each image in the rows it has
+    # alone (torch-cuda fused and careful): then certify_each and evaluate hand it many images at once.  The host
+    # loop shares batches too, but an image's batches then depend on its neighbours, so there images are certified
+    # one by one and a 2-D certificate stays the one `certify` (and a Ray worker) gives it.
+    packs_images = False
 
-# ---------------------------------------------------------------------------------------------- memory budget
+    @property
+    def packs_runs(self) -> bool:
+        """Whether `count_runs` packs runs into shared batches: true for the host loop above and for a device loop
+        that packs images; another backend that overrides `sample_counts` (its own device loop) counts each run
+        with that loop instead."""
+        return self.packs_images or type(self).sample_counts is GraphBackend.sample_counts
+
+    def count_runs(self, runs: Iterable[Run], seed: int) -> Iterator[Run]:
+        """The votes of several runs of samples, packed into full batches: a batch may hold the last samples
+        of one image and the first of the next.  Each run is yielded once its counts are complete, in order.
+
+        A run's counts equal ``sample_counts(run.x, run.num, seed, run.first)`` (its noise depends only on
+        (seed, sample index)); a static- or fixed-batch backend runs every batch here at ``batch_size``, the
+        last one padded, so its counts are those of that batch size.  Runs of another image size than the one
+        before start a new batch."""
+        rows: list[tuple[Run, int, int]] = []  # (run, first row in the batch, rows) of the batch being filled
+        filled, shape, step = 0, None, self.batch_size
+        for run in runs:
+            if run.num < 1:
+                raise ValueError(f"a run counts at least one sample, got num={run.num}")
+            x = self.check_image(run.x)
+            if run.counts is None:
+                run.counts = np.zeros((self.num_classes, *x.shape[1:]), np.int32)
+            if x.shape != shape:
+                if filled:
+                    yield from self._run_batch(rows, filled, step)
+                    rows, filled = [], 0
+                shape, step = x.shape, self.batch_size  # the torch reference fits its batch to the image size
+                noisy = self._buffer(x.shape)
+            done = 0
+            while done < run.num:
+                take = min(step - filled, run.num - done)
+                _kernels.fill_noisy(x, self.sigma, seed, run.first + done, noisy[filled:filled + take])
+                rows.append((run, filled, take))
+                filled, done = filled + take, done + take
+                if filled == step:
+                    yield from self._run_batch(rows, filled, step)
+                    rows, filled = [], 0
+        if rows:
+            yield from self._run_batch(rows, filled, step)
+
+    def _run_batch(self, rows: list[tuple[Run, int, int]], filled: int, step: int) -> Iterator[Run]:
+        """Infer one batch of `filled` samples, add each run's votes, yield the runs it completed."""
+        padded = self.fixed_batch or self.static_batch
+        # The padding of a last, partial batch holds stale samples; their labels are dropped.
+        labels = self.infer(self._noisy[:step] if padded else self._noisy[:filled])
+        for run, start, take in rows:
+            _kernels.accumulate_votes(labels[start:start + take], run.counts)
+            run.counted += take
+        if self.progress is not None:
+            self.progress(filled)
+        for run, _, _ in rows:
+            if run.counted == run.num:
+                yield run
+
+
+@dataclass(eq=False)
+class Run:
+    """Samples first .. first + num - 1 of the noise stream of one image x, counted into `counts` (int32
+    (C, H, W); allocated by the loop when None).  `tag` is the caller's (e.g. which slice, which phase)."""
+
+    x: np.ndarray
+    first: int
+    num: int
+    tag: object = None
+    counts: np.ndarray | None = None
+    counted: int = 0
+
+
+def count_runs(backend, runs: Iterable[Run], seed: int) -> Iterator[Run]:
+    """Each run's votes, yielded as it completes: packed into shared batches where the backend's loop can
+    (``packs_runs``: the host loop, device loops that pack images), one ``sample_counts`` call per run otherwise
+    (TensorRT, ONNX Runtime on a device, test backends)."""
+    if getattr(backend, "packs_runs", False):
+        yield from backend.count_runs(runs, seed)
+        return
+    for run in runs:
+        counts = np.asarray(backend.sample_counts(run.x, run.num, seed, run.first))
+        run.counts = counts.astype(np.int32, copy=False) if run.counts is None else run.counts + counts
+        run.counted = run.num
+        yield run
+
+
+def device_packs(runs: Iterable[tuple[Run, np.ndarray]], capacity: Callable[[tuple, int], int]
+                 ) -> Iterator[tuple[list[tuple[Run, np.ndarray]], int]]:
+    """(pack, real): checked (run, image) pairs cut into packs for a device loop whose batch gives all its images one
+    sample offset (row r: sample first + r % m of image r // m).  Consecutive runs of one image shape with the same
+    (first, num) form a block, cut into the fewest equal packs of at most ``capacity(shape, num)`` images (the
+    static-per-call rule, applied to images), the last padded with copies of its last run, whose counts are dropped.
+    A run unlike its neighbours (a volume's slices: each has its own first sample) is a block of one, counted alone.
+    """
+    def cut(block):
+        size = equal_batches(len(block), capacity(block[0][1].shape, block[0][0].num))[0]
+        for i in range(0, len(block), size):
+            pack = block[i:i + size]
+            yield pack + [pack[-1]] * (size - len(pack)), len(pack)
+
+    block: list[tuple[Run, np.ndarray]] = []
+    for run, x in runs:
+        if block and (x.shape, run.first, run.num) != (block[0][1].shape, block[0][0].first, block[0][0].num):
+            yield from cut(block)
+            block = []
+        block.append((run, x))
+    if block:
+        yield from cut(block)

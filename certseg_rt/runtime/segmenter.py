@@ -52,19 +52,35 @@ class CertifiedSegmenter:
 
     @classmethod
     def load(cls, engine_dir, *, provider: str = "cpu", batch_size: int | None = None,
-             threads: int | None = None, max_memory: int | str | None = None) -> "CertifiedSegmenter":
+             threads: int | None = None, max_memory: int | str | None = None, cache_dir=None,
+             calls: tuple[int, ...] | None = None) -> "CertifiedSegmenter":
         """Check the manifest (hashes before any model file is parsed), then let the backend's runner open it.
+
+        A runner that compiles per batch shape (OpenVINO) compiles, at load, what calls of ``calls`` samples
+        run (default: a default certify's n0 and n), or imports it from the per-user compiled-model cache
+        (``cache_dir``: a folder; None: $CERTSEG_CACHE_DIR or the platform's cache folder; False: no cache;
+        see ``runtime/model_cache.py``), so that the first certify is as fast as the next ones.
 
         ``batch_size`` (default: the engine's optimum) is lowered to the largest batch of the engine's range
         whose estimated peak memory fits ``max_memory`` (bytes, or e.g. "2G"; default: half the memory
         available now).  With an adapter (manifest field adapter: a gray image in front of an RGB denoiser)
         the backend takes the image as given and replicates it before the noise (``adapters.ReplicatedInput``)."""
+        import threading
+
+        from ..stats import load_tail_functions
         from .memory import parse_memory
 
         manifest = load_manifest(engine_dir)
         budget = None if max_memory is None else parse_memory(max_memory)
-        backend = backends.open_engine(Path(engine_dir), manifest, batch_size=batch_size, threads=threads,
-                                       provider=provider, max_memory=budget)
+        # The statistics' scipy import (~0.3 s) overlaps the engine's compile or cache import (native code, the
+        # GIL released), instead of falling into the first certify.
+        statistics = threading.Thread(target=load_tail_functions, daemon=True)
+        statistics.start()
+        try:
+            backend = backends.open_engine(Path(engine_dir), manifest, batch_size=batch_size, threads=threads,
+                                           provider=provider, max_memory=budget, cache_dir=cache_dir, calls=calls)
+        finally:
+            statistics.join()
         return cls(engine_dir, manifest, with_adapter(backend, adapter_from_manifest(manifest)))
 
     @property

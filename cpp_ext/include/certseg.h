@@ -72,6 +72,18 @@ CERTSEG_API int certseg_fill_noisy(const float* x, size_t elements, float sigma,
 CERTSEG_API int certseg_accumulate_votes(const uint8_t* labels, size_t batch, size_t pixels, int32_t* counts,
                                          size_t num_classes);
 
+/* Packed batches with the noise counter in memory (what a replayed CUDA graph reads; include/certseg/kernels.h).
+ * counter = {seed, next, end}; x float (images, elements); out float (images * per_image, elements): row r is
+ * x[r / per_image] + sigma * eps(seed, next + r % per_image), so each image has its own noise stream exactly as
+ * when sampled alone.  Votes: the first min(per_image, end - next) rows of each image (the rest are padding)
+ * into counts int32 (images, num_classes, pixels); a label >= num_classes among them gives CERTSEG_ERR_LABEL and
+ * leaves counts unchanged.  The counter is only read (certseg_cuda_advance_counter moves it on the device). */
+CERTSEG_API int certseg_fill_noisy_packed(const float* x, size_t images, size_t elements, float sigma,
+                                          const uint64_t counter[3], size_t per_image, float* out);
+CERTSEG_API int certseg_accumulate_votes_packed(const uint8_t* labels, size_t images, size_t per_image,
+                                                size_t pixels, int32_t* counts, size_t num_classes,
+                                                const uint64_t counter[3]);
+
 /* P(Binom(n, tau) >= k) for k = 0..n into table (n + 1 doubles). */
 CERTSEG_API int certseg_binomial_upper_tail(int64_t n, double tau, double* table);
 
@@ -113,6 +125,19 @@ CERTSEG_API int certseg_cuda_fill_noisy(const float* d_x, size_t elements, float
 CERTSEG_API int certseg_cuda_accumulate_votes(const uint8_t* d_labels, size_t batch, size_t pixels,
                                               int32_t* d_counts, size_t num_classes, int32_t* d_bad_label,
                                               void* stream);
+
+/* The packed forms on the device (see certseg_fill_noisy_packed): d_counter is uint64[3] in device memory, read
+ * when the kernel runs, so a captured graph of these launches draws the next samples on every replay once
+ * certseg_cuda_advance_counter (captured after them) has moved d_counter[1] on by per_image.  The caller keeps
+ * next + per_image - 1 below 2^64 (the host forms check it; the device cannot). */
+CERTSEG_API int certseg_cuda_fill_noisy_packed(const float* d_x, size_t images, size_t elements, float sigma,
+                                               const uint64_t* d_counter, size_t per_image, float* d_out,
+                                               void* stream);
+CERTSEG_API int certseg_cuda_accumulate_votes_packed(const uint8_t* d_labels, size_t images, size_t per_image,
+                                                     size_t pixels, int32_t* d_counts, size_t num_classes,
+                                                     int32_t* d_bad_label, const uint64_t* d_counter, void* stream);
+/* d_counter[1] += samples, by one thread on the stream. */
+CERTSEG_API int certseg_cuda_advance_counter(uint64_t* d_counter, size_t samples, void* stream);
 
 #ifdef __cplusplus
 }

@@ -18,9 +18,10 @@
  * Opening checks the engine directory as the Python runtime does (certseg_rt/manifest.py and the OpenVINO
  * runner): required manifest fields and their types, format_version, every listed file inside the directory
  * and with the recorded SHA-256 before any model file is parsed (the model file is hashed from the very bytes
- * OpenVINO then parses), the OpenVINO release, native bf16 for a bf16 engine.  The model is compiled once with
- * the manifest's INFERENCE_PRECISION_HINT (read back from the compiled model), the LATENCY hint and the thread
- * count.
+ * OpenVINO then parses), the OpenVINO release, native bf16 for a bf16 engine.  The model is compiled with the
+ * manifest's INFERENCE_PRECISION_HINT (read back from the compiled model), the LATENCY hint and the thread count,
+ * at open, for the static batches of the certify calls expected (options n0, n), or imported from the per-user
+ * compiled-model cache (options cache_dir), whose entries are checked by key and SHA-256 before use.
  *
  * Certify runs SegCertify: noise (Philox, the same bits as certseg_rt.kernels), the fused graph, votes, then
  * Holm or Bonferroni over pixels; selection samples 0..n0-1, estimation samples n0..n0+n-1 of stream `seed`.
@@ -66,6 +67,13 @@ CERTSEG_RUNTIME_API const char* certseg_runtime_version(void);
 typedef struct certseg_open_options {
   int threads;    /* OpenVINO inference threads; 0: the manifest's openvino.threads */
   int batch_size; /* samples per forward pass, inside the manifest's batch_sizes; 0: its opt */
+  /* The compiled-model cache, shared with the Python runtime: NULL for $CERTSEG_CACHE_DIR or the platform's
+   * per-user cache folder (~/.cache/certseg-rt), "" for none, else a folder.  A folder that cannot be written
+   * still serves its entries (certseg_engine_note says so). */
+  const char* cache_dir;
+  /* The sample counts of the certify calls to prepare for: their static batches are compiled (or imported from
+   * the cache) at open, so the first certify compiles nothing.  0: the defaults, 10 and 100. */
+  int64_t n0, n;
 } certseg_open_options;
 
 CERTSEG_RUNTIME_API void certseg_open_options_init(certseg_open_options* options);
@@ -73,6 +81,9 @@ CERTSEG_RUNTIME_API void certseg_open_options_init(certseg_open_options* options
 /* Check and open an engine directory (options may be NULL for the defaults).  On failure *engine is NULL. */
 CERTSEG_RUNTIME_API int certseg_engine_open(const char* engine_dir, const certseg_open_options* options,
                                             certseg_engine** engine);
+/* A remark from opening for the user (e.g. the cache folder could not be written), or "" (owned by the engine). */
+CERTSEG_RUNTIME_API const char* certseg_engine_note(const certseg_engine* engine);
+
 /* Release an engine (NULL is allowed). */
 CERTSEG_RUNTIME_API void certseg_engine_close(certseg_engine* engine);
 

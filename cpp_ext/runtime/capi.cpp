@@ -16,7 +16,11 @@
 
 struct certseg_engine {
   certseg::rt::Engine engine;
-  certseg_engine(const std::string& dir, int threads, int batch) : engine(dir, threads, batch) {}
+  std::string note;
+  certseg_engine(const std::string& dir, const certseg_open_options& o)
+      : engine(dir, o.threads, o.batch_size, o.cache_dir, o.n0, o.n) {
+    for (const std::string& line : engine.model().notes()) note += (note.empty() ? "" : "; ") + line;
+  }
 };
 
 namespace {
@@ -56,6 +60,9 @@ void certseg_open_options_init(certseg_open_options* options) {
   if (options == nullptr) return;
   options->threads = 0;
   options->batch_size = 0;
+  options->cache_dir = nullptr;
+  options->n0 = 0;
+  options->n = 0;
 }
 
 int certseg_engine_open(const char* engine_dir, const certseg_open_options* options, certseg_engine** engine) {
@@ -67,9 +74,12 @@ int certseg_engine_open(const char* engine_dir, const certseg_open_options* opti
     certseg_open_options defaults;
     certseg_open_options_init(&defaults);
     const certseg_open_options& o = options != nullptr ? *options : defaults;
-    *engine = new certseg_engine(engine_dir, o.threads, o.batch_size);
+    if (o.n0 < 0 || o.n < 0) certseg::rt::fail(CERTSEG_ERR_ARGUMENT, "options n0 and n must be >= 0 (0: the defaults)");
+    *engine = new certseg_engine(engine_dir, o);
   });
 }
+
+const char* certseg_engine_note(const certseg_engine* engine) { return engine == nullptr ? "" : engine->note.c_str(); }
 
 void certseg_engine_close(certseg_engine* engine) { delete engine; }
 

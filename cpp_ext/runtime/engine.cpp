@@ -14,6 +14,7 @@
 
 #include "certseg.h"
 #include "common.hpp"
+#include "model_cache.hpp"
 
 namespace certseg {
 namespace rt {
@@ -54,7 +55,8 @@ void check_certify_options(const certseg_certify_options& o) {
   }
 }
 
-Engine::Engine(const std::string& engine_dir, int threads, int batch_size) : manifest_(load_manifest(engine_dir)) {
+Engine::Engine(const std::string& engine_dir, int threads, int batch_size, const char* cache_dir, int64_t n0, int64_t n)
+    : manifest_(load_manifest(engine_dir)) {
   const Manifest& m = manifest_;
   if (threads < 0) fail(CERTSEG_ERR_ARGUMENT, "threads must be >= 1 (or 0 for the engine's), got " + std::to_string(threads));
   const int64_t batch = batch_size > 0 ? batch_size : m.batch_opt;
@@ -63,7 +65,9 @@ Engine::Engine(const std::string& engine_dir, int threads, int batch_size) : man
                                    std::to_string(m.batch_min) + ".." + std::to_string(m.batch_max));
   }
   batch_size_ = static_cast<int>(batch);
-  model_.reset(new OpenVinoModel(manifest_, threads > 0 ? threads : static_cast<int>(m.threads), batch_size_));
+  const std::vector<int64_t> batches = {call_batch(n0 > 0 ? n0 : 10), call_batch(n > 0 ? n : 100)};
+  model_.reset(new OpenVinoModel(manifest_, threads > 0 ? threads : static_cast<int>(m.threads), batches,
+                                 cache_root(cache_dir)));
   // Noise and votes are a few percent of a batch; between inference calls a second OpenMP team would only spin
   // against OpenVINO's own threads (the Python runtime makes the same choice in runtime/sampling.py).
   certseg_set_num_threads(1);
@@ -71,6 +75,12 @@ Engine::Engine(const std::string& engine_dir, int threads, int batch_size) : man
   model_input_.resize(elements);
   noisy_.resize(static_cast<std::size_t>(batch_size_) * elements);
   batch_labels_.resize(static_cast<std::size_t>(batch_size_) * m.height * m.width);
+}
+
+int64_t Engine::call_batch(int64_t num) const {
+  if (manifest_.batch_fixed) return batch_size_;
+  const int64_t batches = (num + batch_size_ - 1) / batch_size_;
+  return (num + batches - 1) / batches;
 }
 
 void Engine::sample_counts(const float* x, int64_t num, uint64_t seed, int64_t offset, int32_t* counts,
@@ -83,8 +93,7 @@ void Engine::sample_counts(const float* x, int64_t num, uint64_t seed, int64_t o
   // reduced-precision kernels can give a sample other labels at another batch size, so a partial last batch run
   // at its own size would mix two base models in one count.  The last batch is padded with stale samples whose
   // labels are dropped.  A fixed-batch graph runs its batch.
-  const int64_t batches = (num + batch_size_ - 1) / batch_size_;
-  const int64_t step = m.batch_fixed ? batch_size_ : (num + batches - 1) / batches;
+  const int64_t step = call_batch(num);
   for (int64_t start = 0; start < num; start += step) {
     const std::size_t b = static_cast<std::size_t>(std::min<int64_t>(step, num - start));
     check(certseg_fill_noisy(x, elements, static_cast<float>(m.sigma), seed, static_cast<uint64_t>(offset + start), b,

@@ -18,9 +18,12 @@ namespace rt {
 
 class Engine {
  public:
-  Engine(const std::string& engine_dir, int threads, int batch_size);
+  // Opens the engine ready for certify calls of n0 and n samples (their static batches compiled now, or imported
+  // from the compiled-model cache at cache_dir: NULL for the default folder, "" for none).
+  Engine(const std::string& engine_dir, int threads, int batch_size, const char* cache_dir, int64_t n0, int64_t n);
 
   const Manifest& manifest() const { return manifest_; }
+  const OpenVinoModel& model() const { return *model_; }
 
   // See certseg_certify in certseg_runtime.h.  Returns the certificate (the Python summary's fields, in its order).
   Json certify(const float* image, std::size_t channels, std::size_t height, std::size_t width,
@@ -30,6 +33,9 @@ class Engine {
   // Votes int32 (num_classes, H, W) of samples offset .. offset + num - 1 of noise stream `seed`.
   void sample_counts(const float* x, int64_t num, uint64_t seed, int64_t offset, int32_t* counts,
                      const certseg_certify_options& options, int64_t done_before, int64_t total);
+
+  // The static batch every sample of a call of `num` samples runs at (runtime/sampling.py's call_batch).
+  int64_t call_batch(int64_t num) const;
 
   Manifest manifest_;
   std::unique_ptr<OpenVinoModel> model_;

@@ -3,12 +3,14 @@
 #include "openvino_model.hpp"
 
 #include <algorithm>
+#include <memory>
 #include <openvino/openvino.hpp>
 #include <sstream>
 #include <vector>
 
 #include "certseg_runtime.h"
 #include "common.hpp"
+#include "model_cache.hpp"
 
 namespace certseg {
 namespace rt {
@@ -50,9 +52,55 @@ struct OpenVinoModel::Impl {
   std::string xml_name, inference_precision;
   std::vector<Static> compiled;  // least recently used first
   std::size_t channels = 0, height = 0, width = 0;
+  std::unique_ptr<ModelCache> cache;  // null: no cache
+  std::string graph;                  // "<sha256 of the .xml> <sha256 of the .bin>", the manifest's
+  int threads = 0;
+  std::vector<std::string> notes;
 
   Static& at(std::size_t batch);
+  ov::CompiledModel compile(std::size_t batch);
 };
+
+// The compile for a static batch, imported from the cache when it holds exactly this compile; a fresh compile is
+// stored.  The key is runtime/backends/openvino.py's cache_key, line for line.
+ov::CompiledModel OpenVinoModel::Impl::compile(std::size_t batch) {
+  const std::vector<int64_t> shape = {static_cast<int64_t>(batch), static_cast<int64_t>(channels),
+                                      static_cast<int64_t>(height), static_cast<int64_t>(width)};
+  std::string key;
+  if (cache) {
+    std::string input;
+    for (const int64_t d : shape) input += (input.empty() ? "" : "x") + std::to_string(d);
+    key = key_text({{"backend", "openvino"},
+                    {"openvino", ov::get_openvino_version().buildNumber},
+                    {"device", core.get_property("CPU", ov::device::full_name)},
+                    {"graph", graph},
+                    {"input", input},
+                    {"INFERENCE_PRECISION_HINT", inference_precision},
+                    {"PERFORMANCE_HINT", "LATENCY"},
+                    {"NUM_STREAMS", "1"},
+                    {"INFERENCE_NUM_THREADS", std::to_string(threads)}});
+    std::string payload;
+    if (cache->read(key, payload)) {
+      try {
+        std::istringstream stream(payload);
+        ov::CompiledModel c = core.import_model(stream, "CPU", properties);
+        if (c.input().get_shape() == ov::Shape(shape.begin(), shape.end())) return c;
+      } catch (const std::exception&) {  // OpenVINO's own header check (release, CPU) refused it: compile again
+      }
+      cache->refused();
+    }
+  }
+  std::shared_ptr<ov::Model> shaped = model->clone();
+  shaped->reshape(ov::PartialShape(std::vector<ov::Dimension>(shape.begin(), shape.end())));
+  ov::CompiledModel c = core.compile_model(shaped, "CPU", properties);
+  if (cache) {
+    std::ostringstream stream;
+    c.export_model(stream);
+    std::string note;
+    if (!cache->write(key, stream.str(), note) && !note.empty()) notes.push_back(note);
+  }
+  return c;
+}
 
 // The model compiled for a static batch (a dynamic batch runs ~1.5x slower; reduced precision picks its kernels
 // per shape, which is why every sample of a call runs at one batch size: engine.cpp).
@@ -64,10 +112,7 @@ OpenVinoModel::Impl::Static& OpenVinoModel::Impl::at(std::size_t batch) {
     }
   }
   if (compiled.size() >= 2) compiled.erase(compiled.begin());
-  std::shared_ptr<ov::Model> shaped = model->clone();
-  shaped->reshape(ov::PartialShape{static_cast<int64_t>(batch), static_cast<int64_t>(channels),
-                                   static_cast<int64_t>(height), static_cast<int64_t>(width)});
-  ov::CompiledModel c = core.compile_model(shaped, "CPU", properties);
+  ov::CompiledModel c = compile(batch);
   const ov::element::Type ran = c.get_property(ov::hint::inference_precision);
   if (ran.get_type_name() != inference_precision) {
     refuse("OpenVINO compiled " + xml_name + " for inference precision " + ran.get_type_name() + " instead of " +
@@ -78,7 +123,9 @@ OpenVinoModel::Impl::Static& OpenVinoModel::Impl::at(std::size_t batch) {
   return compiled.back();
 }
 
-OpenVinoModel::OpenVinoModel(Manifest& m, int threads, int64_t batch) : impl_(new Impl) {
+OpenVinoModel::OpenVinoModel(Manifest& m, int threads, const std::vector<int64_t>& batches,
+                             const std::string& cache_root)
+    : impl_(new Impl) {
   Impl& s = *impl_;
   s.channels = m.channels;
   s.height = m.height;
@@ -137,7 +184,16 @@ OpenVinoModel::OpenVinoModel(Manifest& m, int threads, int64_t batch) : impl_(ne
     s.properties = {ov::hint::inference_precision(precision),
                     ov::hint::performance_mode(ov::hint::PerformanceMode::LATENCY), ov::num_streams(1),
                     ov::inference_num_threads(threads)};
-    s.at(static_cast<std::size_t>(batch));  // compiled at load: a model that cannot compile fails here
+    s.threads = threads;
+    if (!cache_root.empty()) {
+      const Json& files = m.json["files"];
+      s.cache.reset(new ModelCache(cache_root, "openvino"));
+      s.graph = files[m.fused_xml].get<std::string>() + " " + files[m.fused_bin].get<std::string>();
+    }
+    // Compiled (or imported) at load, so that the calls expected compile nothing; a model that cannot compile
+    // fails here.  Only the last two are kept (at()), as in Python.
+    const std::size_t first = batches.size() > 2 ? batches.size() - 2 : 0;
+    for (std::size_t i = first; i < batches.size(); ++i) s.at(static_cast<std::size_t>(batches[i]));
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
@@ -168,6 +224,12 @@ std::string OpenVinoModel::inference_precision() const {
 }
 
 int OpenVinoModel::threads() const { return impl_->compiled.back().compiled.get_property(ov::inference_num_threads); }
+
+const std::vector<std::string>& OpenVinoModel::notes() const { return impl_->notes; }
+
+int OpenVinoModel::cache_hits() const { return impl_->cache ? impl_->cache->hits : 0; }
+int OpenVinoModel::cache_misses() const { return impl_->cache ? impl_->cache->misses : 0; }
+int OpenVinoModel::cache_rejected() const { return impl_->cache ? impl_->cache->rejected : 0; }
 
 }  // namespace rt
 }  // namespace certseg

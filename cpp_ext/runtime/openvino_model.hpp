@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "manifest.hpp"
 
@@ -16,11 +17,13 @@ namespace rt {
 class OpenVinoModel {
  public:
   // Checks the OpenVINO release and the CPU's bf16 support, parses the hashed bytes of the fused IR and checks its
-  // input and output against the manifest, then compiles it for a static batch of `batch` samples with the
-  // manifest's INFERENCE_PRECISION_HINT (read back: a refusal if the plugin chose another), the LATENCY hint, one
-  // stream and `threads` inference threads: the properties runtime/backends/openvino.py compiles with.  Throws
+  // input and output against the manifest, then compiles it for each static batch of `batches` (the calls the
+  // engine expects; the last two are kept) with the manifest's INFERENCE_PRECISION_HINT (read back: a refusal if
+  // the plugin chose another), the LATENCY hint, one stream and `threads` inference threads: the properties
+  // runtime/backends/openvino.py compiles with.  With a cache root (model_cache.hpp; "" for none) a compile is
+  // imported from the entry for exactly it when there is one, and stored otherwise.  Throws
   // Error(CERTSEG_ERR_ENGINE) with one line.
-  OpenVinoModel(Manifest& manifest, int threads, int64_t batch);
+  OpenVinoModel(Manifest& manifest, int threads, const std::vector<int64_t>& batches, const std::string& cache_root);
   ~OpenVinoModel();
   OpenVinoModel(const OpenVinoModel&) = delete;
   OpenVinoModel& operator=(const OpenVinoModel&) = delete;
@@ -33,6 +36,12 @@ class OpenVinoModel {
   std::string version() const;             // the OpenVINO build running here
   std::string inference_precision() const; // read back from the compiled model ("f32", "bf16")
   int threads() const;                     // read back from the compiled model
+  // Remarks for the user from opening (e.g. the cache folder could not be written), one line each.
+  const std::vector<std::string>& notes() const;
+  // This engine's compiled-model cache lookups (hits imported, misses compiled, rejected entries recompiled).
+  int cache_hits() const;
+  int cache_misses() const;
+  int cache_rejected() const;
 
  private:
   struct Impl;

@@ -202,6 +202,73 @@ void accumulate_votes(InArray labels, OutArray counts) {
   check(rc);
 }
 
+// ---- packed batches with the counter in memory (a replayed CUDA graph reads it) ------------------------------
+
+// counter: uint64 or int64 (torch has no uint64 arithmetic; the bits are the same) (3,) = {seed, next, end}.
+template <class Array>
+void check_counter(const Array& counter) {
+  const bool word = counter.dtype() == nb::dtype<uint64_t>() || counter.dtype() == nb::dtype<int64_t>();
+  if (!word) {
+    throw nb::type_error(("counter must be a uint64 or int64 array, got " + dtype_name(counter.dtype())).c_str());
+  }
+  if (counter.ndim() != 1 || counter.shape(0) != 3 || !c_contiguous(counter)) {
+    throw nb::value_error(("counter must have shape (3,) = (seed, next, end), got " + shape_str(counter)).c_str());
+  }
+}
+
+// x float32 (P, *S), out float32 (P * m, *S): returns m, the rows per image.
+template <class In, class Out>
+size_t check_packed_noisy(const In& x, const Out& out) {
+  require(x, "x", nb::dtype<float>(), 2);
+  require(out, "out", nb::dtype<float>(), 2);
+  const size_t images = x.shape(0);
+  if (!same_trailing_shape(x, out) || images == 0 || out.shape(0) % images != 0) {
+    throw nb::value_error(("x (P, *S) and out (P * m, *S) must agree after the first axis, with out's rows a multiple "
+                           "of x's images, got x " + shape_str(x) + " and out " + shape_str(out)).c_str());
+  }
+  return out.shape(0) / images;
+}
+
+// labels uint8 (P * m, *S), counts int32 (P, C, *S): returns m.
+template <class In, class Out>
+size_t check_packed_votes(const In& labels, const Out& counts) {
+  require(labels, "labels", nb::dtype<uint8_t>(), 2);
+  require(counts, "counts", nb::dtype<int32_t>(), 3);
+  bool ok = counts.ndim() == labels.ndim() + 1 && counts.shape(0) > 0 && labels.shape(0) % counts.shape(0) == 0;
+  for (size_t i = 1; ok && i < labels.ndim(); ++i) ok = labels.shape(i) == counts.shape(i + 1);
+  if (!ok) {
+    throw nb::value_error(("labels (P * m, *S) and counts (P, C, *S) must agree, got labels " + shape_str(labels) +
+                           " and counts " + shape_str(counts)).c_str());
+  }
+  return labels.shape(0) / counts.shape(0);
+}
+
+void fill_noisy_packed(InArray x, double sigma, InArray counter, OutArray out) {
+  check_counter(counter);
+  const size_t per_image = check_packed_noisy(x, out);
+  int rc;
+  {
+    nb::gil_scoped_release release;
+    rc = certseg_fill_noisy_packed(static_cast<const float*>(x.data()), x.shape(0), extent_from(x, 1),
+                                   static_cast<float>(sigma), static_cast<const uint64_t*>(counter.data()), per_image,
+                                   static_cast<float*>(out.data()));
+  }
+  check(rc);
+}
+
+void accumulate_votes_packed(InArray labels, OutArray counts, InArray counter) {
+  check_counter(counter);
+  const size_t per_image = check_packed_votes(labels, counts);
+  int rc;
+  {
+    nb::gil_scoped_release release;
+    rc = certseg_accumulate_votes_packed(static_cast<const uint8_t*>(labels.data()), counts.shape(0), per_image,
+                                         extent_from(labels, 1), static_cast<int32_t*>(counts.data()), counts.shape(1),
+                                         static_cast<const uint64_t*>(counter.data()));
+  }
+  check(rc);
+}
+
 nb::tuple certify_counts(InArray counts0, InArray counts, int64_t n, double tau, double alpha,
                          const std::string& correction) {
   require(counts0, "counts0", nb::dtype<int32_t>(), 2);
@@ -317,6 +384,55 @@ void cuda_accumulate_votes_array(CudaInArray labels, CudaOutArray counts, std::o
                         reinterpret_cast<uintptr_t>(counts.data()), counts.shape(0), bad, stream);
 }
 
+void cuda_fill_noisy_packed_array(CudaInArray x, double sigma, CudaInArray counter, CudaOutArray out,
+                                  uintptr_t stream) {
+  check_counter(counter);
+  const size_t per_image = check_packed_noisy(x, out);
+  require_same_device(x, "x", out, "out");
+  require_same_device(counter, "counter", out, "out");
+  int rc;
+  {
+    nb::gil_scoped_release release;
+    rc = certseg_cuda_fill_noisy_packed(static_cast<const float*>(x.data()), x.shape(0), extent_from(x, 1),
+                                        static_cast<float>(sigma), static_cast<const uint64_t*>(counter.data()),
+                                        per_image, static_cast<float*>(out.data()), reinterpret_cast<void*>(stream));
+  }
+  cuda_check(rc);
+}
+
+void cuda_accumulate_votes_packed_array(CudaInArray labels, CudaOutArray counts, CudaOutArray bad_label,
+                                        CudaInArray counter, uintptr_t stream) {
+  check_counter(counter);
+  const size_t per_image = check_packed_votes(labels, counts);
+  require(bad_label, "bad_label", nb::dtype<int32_t>(), 1);
+  if (bad_label.size() != 1) {
+    throw nb::value_error(("bad_label must hold one int32, got shape " + shape_str(bad_label)).c_str());
+  }
+  require_same_device(labels, "labels", counts, "counts");
+  require_same_device(bad_label, "bad_label", counts, "counts");
+  require_same_device(counter, "counter", counts, "counts");
+  int rc;
+  {
+    nb::gil_scoped_release release;
+    rc = certseg_cuda_accumulate_votes_packed(static_cast<const uint8_t*>(labels.data()), counts.shape(0), per_image,
+                                              extent_from(labels, 1), static_cast<int32_t*>(counts.data()),
+                                              counts.shape(1), static_cast<int32_t*>(bad_label.data()),
+                                              static_cast<const uint64_t*>(counter.data()),
+                                              reinterpret_cast<void*>(stream));
+  }
+  cuda_check(rc);
+}
+
+void cuda_advance_counter_array(CudaOutArray counter, size_t samples, uintptr_t stream) {
+  check_counter(counter);
+  int rc;
+  {
+    nb::gil_scoped_release release;
+    rc = certseg_cuda_advance_counter(static_cast<uint64_t*>(counter.data()), samples, reinterpret_cast<void*>(stream));
+  }
+  cuda_check(rc);
+}
+
 }  // namespace
 
 NB_MODULE(_ext, m) {
@@ -338,6 +454,16 @@ NB_MODULE(_ext, m) {
   m.def("accumulate_votes", &accumulate_votes, "labels"_a.noconvert(), "counts"_a.noconvert(),
         "counts[c, p] += #{b : labels[b, p] == c}; labels uint8 (B, *S), counts int32 (C, *S), in place.\n\n"
         "A label >= C raises ValueError naming it and leaves counts unchanged.");
+  m.def("fill_noisy_packed", &fill_noisy_packed, "x"_a.noconvert(), "sigma"_a, "counter"_a.noconvert(),
+        "out"_a.noconvert(),
+        "A packed noisy batch: out[r] = x[r // m] + sigma * eps(seed, next + r % m) with counter = (seed, next, end) "
+        "(uint64 or int64 (3,)), x float32 (P, *S), out float32 (P * m, *S). Each image keeps its own noise stream, "
+        "as fill_noisy gives it alone; the host form of what the torch-cuda fused graph runs.");
+  m.def("accumulate_votes_packed", &accumulate_votes_packed, "labels"_a.noconvert(), "counts"_a.noconvert(),
+        "counter"_a.noconvert(),
+        "counts[i, c, p] += #{j < min(m, end - next) : labels[i * m + j, p] == c}; labels uint8 (P * m, *S), counts "
+        "int32 (P, C, *S), counter (seed, next, end). Padding rows (sample index >= end) do not vote. A label >= C "
+        "among the voting rows raises ValueError naming it and leaves counts unchanged.");
   m.def("certify_counts", &certify_counts, "counts0"_a.noconvert(), "counts"_a.noconvert(), "n"_a, "tau"_a,
         "alpha"_a, "correction"_a = "holm",
         "The certify step: (labels uint8 *S with 255 = abstain, pvalues float64 *S) from int32 counts (C, *S).\n\n"
@@ -371,4 +497,17 @@ NB_MODULE(_ext, m) {
         "bad_label"_a.noconvert() = nb::none(), "stream"_a = 0,
         "accumulate_votes on DLPack arrays of a CUDA device (labels uint8 (B, *S), counts int32 (C, *S), bad_label "
         "int32 (1,) set to -1 by the caller, or None); asynchronous on the stream. RuntimeError without CUDA.");
+  m.def("cuda_fill_noisy_packed_array", &cuda_fill_noisy_packed_array, "x"_a.noconvert(), "sigma"_a,
+        "counter"_a.noconvert(), "out"_a.noconvert(), "stream"_a = 0,
+        "fill_noisy_packed on DLPack arrays of a CUDA device; the counter (uint64/int64 (3,), device memory) is read "
+        "when the kernel runs, so a captured CUDA graph draws the samples the counter points at on each replay. "
+        "Asynchronous on the stream; RuntimeError without CUDA.");
+  m.def("cuda_accumulate_votes_packed_array", &cuda_accumulate_votes_packed_array, "labels"_a.noconvert(),
+        "counts"_a.noconvert(), "bad_label"_a.noconvert(), "counter"_a.noconvert(), "stream"_a = 0,
+        "accumulate_votes_packed on DLPack arrays of a CUDA device; bad_label int32 (1,) (set to -1 by the caller) "
+        "receives the largest out-of-range label. Asynchronous on the stream; RuntimeError without CUDA.");
+  m.def("cuda_advance_counter_array", &cuda_advance_counter_array, "counter"_a.noconvert(), "samples"_a,
+        "stream"_a = 0,
+        "counter[1] += samples on the device (one thread), captured after a batch so the next replay draws the next "
+        "samples. Asynchronous on the stream; RuntimeError without CUDA.");
 }

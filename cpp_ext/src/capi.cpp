@@ -46,6 +46,17 @@ int check_noise_args(uint64_t first_sample, size_t batch, size_t elements, const
   return CERTSEG_OK;
 }
 
+// A packed batch: images * per_image rows of `elements`, the rows' sample indices next .. next + per_image - 1.
+int check_packed_args(size_t images, size_t per_image, size_t elements, uint64_t next, const void* out,
+                      const char* out_name) {
+  if (images > 0 && per_image > std::numeric_limits<size_t>::max() / images) {
+    return fail(CERTSEG_ERR_ARGUMENT, "images * per_image overflows size_t");
+  }
+  const int rc = check_noise_args(0, images * per_image, elements, out, out_name);  // sizes
+  if (rc != CERTSEG_OK || images == 0) return rc;
+  return check_noise_args(next, per_image, elements, out, out_name);  // the sample indices stay below 2^64
+}
+
 certseg::NoisyParams noisy_params(float sigma, float scale, float shift) {
   certseg::NoisyParams p;
   p.sigma = sigma;
@@ -130,6 +141,43 @@ int certseg_accumulate_votes(const uint8_t* labels, size_t batch, size_t pixels,
   return ok();
 }
 
+int certseg_fill_noisy_packed(const float* x, size_t images, size_t elements, float sigma, const uint64_t counter[3],
+                              size_t per_image, float* out) {
+  if (counter == nullptr) return fail(CERTSEG_ERR_ARGUMENT, "counter is NULL");
+  const int rc = check_packed_args(images, per_image, elements, counter[certseg::kCounterNext], out, "out");
+  if (rc != CERTSEG_OK) return rc;
+  if (x == nullptr && images * elements > 0) return fail(CERTSEG_ERR_ARGUMENT, "x is NULL");
+  certseg::cpu::fill_noisy_packed(x, images, elements, noisy_params(sigma, 1.0f, 0.0f), counter, per_image, out);
+  return ok();
+}
+
+int certseg_accumulate_votes_packed(const uint8_t* labels, size_t images, size_t per_image, size_t pixels,
+                                    int32_t* counts, size_t num_classes, const uint64_t counter[3]) {
+  if (counter == nullptr) return fail(CERTSEG_ERR_ARGUMENT, "counter is NULL");
+  if (images > 0 && per_image > std::numeric_limits<size_t>::max() / images) {
+    return fail(CERTSEG_ERR_ARGUMENT, "images * per_image overflows size_t");
+  }
+  int rc = check_vote_args(labels, images * per_image, pixels, counts, num_classes);
+  if (rc != CERTSEG_OK) return rc;
+  if (images > 0 && num_classes * pixels > std::numeric_limits<size_t>::max() / images) {
+    return fail(CERTSEG_ERR_ARGUMENT, "images * num_classes * pixels overflows size_t");
+  }
+  const uint64_t valid = certseg::valid_rows(counter[certseg::kCounterNext], counter[certseg::kCounterEnd], per_image);
+  int top = 0;
+  for (size_t i = 0; i < images; ++i) {  // only the rows that vote are checked (padding rows are never read)
+    const int t = certseg::cpu::max_label(labels + i * per_image * pixels, valid * pixels);
+    top = t > top ? t : top;
+  }
+  if (static_cast<size_t>(top) >= num_classes) {
+    return fail(CERTSEG_ERR_LABEL, "label " + std::to_string(top) + " out of range for " +
+                                       std::to_string(num_classes) +
+                                       " classes: the model's output does not match the class count it declares");
+  }
+  certseg::cpu::accumulate_votes_packed(labels, images, per_image, pixels, counts, static_cast<int>(num_classes),
+                                        counter);
+  return ok();
+}
+
 int certseg_binomial_upper_tail(int64_t n, double tau, double* table) {
   if (n < 0) return fail(CERTSEG_ERR_ARGUMENT, "n must be >= 0, got " + std::to_string(n));
   if (!(tau > 0.0 && tau < 1.0)) return fail(CERTSEG_ERR_ARGUMENT, "tau must lie strictly between 0 and 1");
@@ -199,6 +247,37 @@ int certseg_cuda_accumulate_votes(const uint8_t* d_labels, size_t batch, size_t 
   return cuda_result(certseg::cuda::accumulate_votes(d_labels, batch, pixels, d_counts, static_cast<int>(num_classes),
                                                      d_bad_label, stream),
                      "vote kernel launch");
+}
+
+int certseg_cuda_fill_noisy_packed(const float* d_x, size_t images, size_t elements, float sigma,
+                                   const uint64_t* d_counter, size_t per_image, float* d_out, void* stream) {
+  if (d_counter == nullptr) return fail(CERTSEG_ERR_ARGUMENT, "d_counter is NULL");
+  const int rc = check_packed_args(images, per_image, elements, 0, d_out, "d_out");
+  if (rc != CERTSEG_OK) return rc;
+  if (d_x == nullptr && images * elements > 0) return fail(CERTSEG_ERR_ARGUMENT, "d_x is NULL");
+  return cuda_result(certseg::cuda::fill_noisy_packed(d_x, images, elements, noisy_params(sigma, 1.0f, 0.0f), d_counter,
+                                                      per_image, d_out, stream),
+                     "packed noisy input kernel launch");
+}
+
+int certseg_cuda_accumulate_votes_packed(const uint8_t* d_labels, size_t images, size_t per_image, size_t pixels,
+                                         int32_t* d_counts, size_t num_classes, int32_t* d_bad_label,
+                                         const uint64_t* d_counter, void* stream) {
+  if (d_counter == nullptr) return fail(CERTSEG_ERR_ARGUMENT, "d_counter is NULL");
+  if (images > 0 && per_image > std::numeric_limits<size_t>::max() / images) {
+    return fail(CERTSEG_ERR_ARGUMENT, "images * per_image overflows size_t");
+  }
+  const int rc = check_vote_args(d_labels, images * per_image, pixels, d_counts, num_classes);
+  if (rc != CERTSEG_OK) return rc;
+  return cuda_result(certseg::cuda::accumulate_votes_packed(d_labels, images, per_image, pixels, d_counts,
+                                                            static_cast<int>(num_classes), d_bad_label, d_counter,
+                                                            stream),
+                     "packed vote kernel launch");
+}
+
+int certseg_cuda_advance_counter(uint64_t* d_counter, size_t samples, void* stream) {
+  if (d_counter == nullptr) return fail(CERTSEG_ERR_ARGUMENT, "d_counter is NULL");
+  return cuda_result(certseg::cuda::advance_counter(d_counter, samples, stream), "counter kernel launch");
 }
 
 }  // extern "C"

@@ -90,5 +90,29 @@ void accumulate_votes(const uint8_t* labels, uint64_t batch, uint64_t pixels, in
   }
 }
 
+void fill_noisy_packed(const float* x, uint64_t images, uint64_t elements, const NoisyParams& params,
+                       const uint64_t counter[3], uint64_t per_image, float* out) {
+  const uint64_t seed = counter[kCounterSeed], next = counter[kCounterNext];
+  const int64_t units = static_cast<int64_t>(images * per_image * noise_blocks(elements));
+  const int threads = get_num_threads();
+  (void)threads;
+#pragma omp parallel for schedule(static) num_threads(threads) if (units >= kParallelMin)
+  for (int64_t u = 0; u < units; ++u) {
+    packed_noisy_unit(x, elements, params, seed, next, per_image, static_cast<uint64_t>(u), out);
+  }
+}
+
+void accumulate_votes_packed(const uint8_t* labels, uint64_t images, uint64_t per_image, uint64_t pixels,
+                             int32_t* counts, int num_classes, const uint64_t counter[3]) {
+  const uint64_t valid = valid_rows(counter[kCounterNext], counter[kCounterEnd], per_image);
+  const int64_t units = static_cast<int64_t>(images * pixels);
+  const int threads = get_num_threads();
+  (void)threads;
+#pragma omp parallel for schedule(static) num_threads(threads) if (units * static_cast<int64_t>(valid) >= 16 * kParallelMin)
+  for (int64_t u = 0; u < units; ++u) {
+    packed_vote_unit(labels, per_image, valid, pixels, static_cast<uint64_t>(u), counts, num_classes);
+  }
+}
+
 }  // namespace cpu
 }  // namespace certseg

@@ -53,6 +53,28 @@ __global__ void votes_kernel(const uint8_t* labels, uint64_t batch, uint64_t pix
   }
 }
 
+// Packed batches: the counter is read from device memory when the kernel runs (a replayed graph sees its update).
+__global__ void packed_noisy_kernel(const float* x, uint64_t elements, NoisyParams params, const uint64_t* counter,
+                                    uint64_t per_image, uint64_t units, float* out) {
+  const uint64_t seed = counter[kCounterSeed], next = counter[kCounterNext];
+  for (uint64_t i = first_unit(); i < units; i += unit_stride()) {
+    packed_noisy_unit(x, elements, params, seed, next, per_image, i, out);
+  }
+}
+
+__global__ void packed_votes_kernel(const uint8_t* labels, uint64_t per_image, uint64_t pixels, uint64_t units,
+                                    const uint64_t* counter, int32_t* counts, int num_classes, int32_t* bad_label) {
+  const uint64_t valid = valid_rows(counter[kCounterNext], counter[kCounterEnd], per_image);
+  for (uint64_t u = first_unit(); u < units; u += unit_stride()) {
+    const int bad = packed_vote_unit(labels, per_image, valid, pixels, u, counts, num_classes);
+    if (bad >= 0 && bad_label != nullptr) atomicMax(bad_label, bad);
+  }
+}
+
+__global__ void advance_kernel(uint64_t* counter, uint64_t samples) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) counter[kCounterNext] += samples;
+}
+
 }  // namespace
 
 bool compiled() { return true; }
@@ -91,6 +113,30 @@ int accumulate_votes(const uint8_t* d_labels, uint64_t batch, uint64_t pixels, i
   if (pixels == 0 || batch == 0) return 0;
   votes_kernel<<<grid_for(pixels), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(d_labels, batch, pixels, d_counts,
                                                                                      num_classes, d_bad_label);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int fill_noisy_packed(const float* d_x, uint64_t images, uint64_t elements, const NoisyParams& params,
+                      const uint64_t* d_counter, uint64_t per_image, float* d_out, void* stream) {
+  const uint64_t units = images * per_image * noise_blocks(elements);
+  if (units == 0) return 0;
+  packed_noisy_kernel<<<grid_for(units), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      d_x, elements, params, d_counter, per_image, units, d_out);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int accumulate_votes_packed(const uint8_t* d_labels, uint64_t images, uint64_t per_image, uint64_t pixels,
+                            int32_t* d_counts, int num_classes, int32_t* d_bad_label, const uint64_t* d_counter,
+                            void* stream) {
+  const uint64_t units = images * pixels;
+  if (units == 0 || per_image == 0) return 0;
+  packed_votes_kernel<<<grid_for(units), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      d_labels, per_image, pixels, units, d_counter, d_counts, num_classes, d_bad_label);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int advance_counter(uint64_t* d_counter, uint64_t samples, void* stream) {
+  advance_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(d_counter, samples);
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -17,6 +17,14 @@ int fill_noisy(const float*, uint64_t, const NoisyParams&, uint64_t, uint64_t, u
   return kNoCuda;
 }
 int accumulate_votes(const uint8_t*, uint64_t, uint64_t, int32_t*, int, int32_t*, void*) { return kNoCuda; }
+int fill_noisy_packed(const float*, uint64_t, uint64_t, const NoisyParams&, const uint64_t*, uint64_t, float*, void*) {
+  return kNoCuda;
+}
+int accumulate_votes_packed(const uint8_t*, uint64_t, uint64_t, uint64_t, int32_t*, int, int32_t*, const uint64_t*,
+                            void*) {
+  return kNoCuda;
+}
+int advance_counter(uint64_t*, uint64_t, void*) { return kNoCuda; }
 
 }  // namespace cuda
 }  // namespace certseg

@@ -46,6 +46,9 @@ const char* const kHelp =
     "  --sigma FLOAT                   must equal the engine's sigma (fixed when the engine is built)\n"
     "  --batch-size INTEGER            samples per forward pass  [default: the engine's batch_sizes.opt]\n"
     "  --threads INTEGER               OpenVINO inference threads  [default: the engine's openvino.threads]\n"
+    "  --cache-dir PATH                folder of the compiled-model cache, shared with certseg-rt  [default:\n"
+    "                                  $CERTSEG_CACHE_DIR, else ~/.cache/certseg-rt]\n"
+    "  --no-cache                      compile the engine in this process and keep nothing\n"
     "  --version                       show the version and exit\n"
     "  -h, --help                      show this message and exit\n";
 
@@ -62,6 +65,8 @@ struct Args {
   double sigma = 0;
   int64_t batch_size = -1;  // unset: the engine's
   int64_t threads = -1;     // unset: the engine's
+  bool has_cache_dir = false, no_cache = false;
+  std::string cache_dir;
 };
 
 int64_t parse_int(const std::string& option, const std::string& value) {
@@ -127,13 +132,13 @@ Args parse(int argc, char** argv) {
       value = arg.substr(eq + 1);
       arg = arg.substr(0, eq);
     }
-    if (arg == "--json") {
-      if (inline_value) throw Usage{"Option '--json' does not take a value."};
-      a.json = true;
+    if (arg == "--json" || arg == "--no-cache") {
+      if (inline_value) throw Usage{"Option '" + arg + "' does not take a value."};
+      (arg == "--json" ? a.json : a.no_cache) = true;
       continue;
     }
     static const char* const kValued[] = {"--out", "--tau", "--alpha", "--n0", "--n", "--seed", "--correction",
-                                          "--sigma", "--batch-size", "--threads"};
+                                          "--sigma", "--batch-size", "--threads", "--cache-dir"};
     bool known = false;
     for (const char* o : kValued) known = known || arg == o;
     if (!known) throw Usage{"No such option: " + arg};
@@ -150,6 +155,7 @@ Args parse(int argc, char** argv) {
     if (arg == "--sigma") a.has_sigma = true, a.sigma = parse_float(arg, value);
     if (arg == "--batch-size") a.batch_size = parse_int(arg, value);
     if (arg == "--threads") a.threads = parse_int(arg, value);
+    if (arg == "--cache-dir") a.has_cache_dir = true, a.cache_dir = value;
     if (arg == "--correction") {
       if (value != "holm" && value != "bonferroni") {
         throw Usage{"Invalid value for '--correction': '" + value + "' is not one of 'holm', 'bonferroni'."};
@@ -210,14 +216,21 @@ int run(const Args& a) {
   if (a.threads != -1 && (a.threads < 1 || a.threads > 4096)) {
     throw UserError("--threads " + std::to_string(a.threads) + " must be >= 1 (omit it for the engine's)");
   }
+  if (a.no_cache && a.has_cache_dir) throw UserError("--cache-dir and --no-cache contradict each other; give one");
   certseg_open_options open;
   certseg_open_options_init(&open);
   open.threads = a.threads == -1 ? 0 : static_cast<int>(a.threads);
   // Beyond int's range the engine's batch range refuses it (the range is at most a few thousand).
   open.batch_size = a.batch_size == -1 ? 0 : static_cast<int>(std::min<int64_t>(a.batch_size, 1 << 30));
+  // An empty --cache-dir is the current folder, as pathlib reads it in the Python CLI.
+  const std::string cache_dir = a.cache_dir.empty() ? "." : a.cache_dir;
+  open.cache_dir = a.no_cache ? "" : (a.has_cache_dir ? cache_dir.c_str() : nullptr);
+  open.n0 = o.n0;  // their static batches are compiled (or imported from the cache) at open
+  open.n = o.n;
   certseg_engine* raw_engine = nullptr;
   if (certseg_engine_open(a.engine.c_str(), &open, &raw_engine) != CERTSEG_OK) throw UserError(certseg_runtime_last_error());
   const std::unique_ptr<certseg_engine, EngineCloser> engine(raw_engine);
+  if (*certseg_engine_note(engine.get())) std::fprintf(stderr, "note: %s\n", certseg_engine_note(engine.get()));
   const double sigma = certseg_engine_sigma(engine.get());
   if (a.has_sigma && !(std::fabs(a.sigma - sigma) <= 1e-12)) {
     throw UserError("--sigma " + py_float(a.sigma) + " differs from the engine's sigma " + py_float(sigma) +

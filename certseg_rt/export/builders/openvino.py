@@ -5,7 +5,9 @@
 * bf16: the same IR, compiled with the hint bf16: OpenVINO's CPU plugin executes it in bfloat16 on AVX-512
   BF16 / AMX; refused, in one line, on a CPU whose plugin does not report native BF16;
 * int8: NNCF post-training quantisation of the IR (``export/builders/openvino_int8.py``), calibrated on
-  noisy phantoms of the model's modality; what it keeps in float is said there.
+  noisy phantoms of the model's modality; what it keeps in float is said there;
+* auto (the CLI's default for openvino): each of ``native_precisions()`` built and timed on this CPU, the
+  fastest that passes parity kept (``export/auto_precision.py``).
 
 The engine directory (the contract with the runtime, ``runtime/backends/openvino.py``, and the native C++
 runtime): ``model.xml``/``model.bin`` (fused: x_noisy -> labels), ``segmenter.xml``/``segmenter.bin``
@@ -48,6 +50,37 @@ def check_request(precision: str, options: dict) -> None:
             import nncf  # noqa: F401
         except ImportError:
             raise CertsegError("--precision int8 for openvino needs NNCF; pip install 'certseg-rt[export]'")
+
+
+def native_precisions() -> tuple[list[str], dict[str, str]]:
+    """(the precisions this CPU runs natively, {precision: why not} for the others): what ``--precision auto``
+    builds and measures.  bf16 only where the CPU plugin reports native BF16 (emulated, it would be slow and
+    another model); int8 where NNCF is installed and the plugin reports INT8."""
+    from ...runtime.backends.openvino import cpu_capabilities, import_openvino
+
+    caps = cpu_capabilities(import_openvino().Core())
+    native, not_tried = ["fp32"], {}
+    if "BF16" in caps:
+        native.append("bf16")
+    else:
+        not_tried["bf16"] = f"no native BF16 on this CPU (OpenVINO reports {', '.join(caps) or 'nothing'})"
+    try:
+        import nncf  # noqa: F401
+    except ImportError:
+        not_tried["int8"] = "NNCF is not installed (pip install 'certseg-rt[export]')"
+    else:
+        if "INT8" in caps:
+            native.append("int8")
+        else:
+            not_tried["int8"] = f"no INT8 on this CPU (OpenVINO reports {', '.join(caps) or 'nothing'})"
+    return native, not_tried
+
+
+def cpu_name() -> str:
+    """The CPU as OpenVINO's plugin names it (FULL_DEVICE_NAME)."""
+    from ...runtime.backends.openvino import import_openvino
+
+    return str(import_openvino().Core().get_property("CPU", "FULL_DEVICE_NAME"))
 
 
 def cpu_isa() -> list[str]:

@@ -1,4 +1,8 @@
-"""Factory segmenters: 'package.module:callable' + keyword arguments + weights.
+"""Factory segmenters: 'package.module:callable' or 'path/to/file.py:callable' + keyword arguments + weights.
+
+A factory named in a file is loaded from that file alone (``importlib.util.spec_from_file_location``): no
+package ``__init__`` runs, so a model file shipped inside a package whose ``__init__`` imports a GUI (napari's
+Qt widgets) can be used without installing the GUI.  Its own folder is searched last for its sibling imports.
 
 Weights are safetensors or a torch state dict (``.pt/.pth/.bin/.ckpt``, read with
 ``torch.load(weights_only=True)``: tensors and plain containers only, never code).  Checkpoints
@@ -8,8 +12,12 @@ tried, and a state dict that still does not fit is described (missing, unexpecte
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import inspect
+import re
+import sys
 from pathlib import Path
 
 from ...errors import CertsegError
@@ -18,6 +26,9 @@ WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "mo
                 "ema", "ema_state_dict")
 KEY_PREFIXES = ("module.", "model.", "_orig_mod.", "net.", "network.")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+MODULE_FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # package.module:callable
+FILE_FACTORY = re.compile(r"(?P<file>.+\.py):(?P<attr>[A-Za-z_]\w*)")  # path/to/models.py:callable
+_FILE_MODULES: dict[tuple, object] = {}  # (resolved path, mtime, size) -> module: a file runs once per process
 
 
 def _first_line(e: Exception) -> str:
@@ -25,18 +36,84 @@ def _first_line(e: Exception) -> str:
     return (text.splitlines()[0] if text else type(e).__name__)[:160]
 
 
+def is_factory_spec(spec: str) -> bool:
+    return bool(MODULE_FACTORY.fullmatch(spec) or FILE_FACTORY.fullmatch(spec))
+
+
+def factory_file(spec: str) -> Path | None:
+    """The file of a 'path/to/file.py:callable' factory (None for 'package.module:callable')."""
+    match = FILE_FACTORY.fullmatch(spec)
+    return Path(match["file"]) if match else None
+
+
 def load_factory(spec: str):
-    """'package.module:callable' -> the callable."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise CertsegError(f"segmenter factory {spec!r} must look like 'package.module:callable'")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise CertsegError(f"cannot import segmenter factory {spec!r} ({e}); install the package that defines it")
+    """'package.module:callable' or 'path/to/file.py:callable' -> the callable."""
+    match = FILE_FACTORY.fullmatch(spec)
+    if match:
+        module, attr, where = _module_from_file(Path(match["file"])), match["attr"], match["file"]
+    else:
+        module_name, sep, attr = spec.partition(":")
+        if not sep or not module_name or not attr:
+            raise CertsegError(f"segmenter factory {spec!r} must look like 'package.module:callable' or "
+                               f"'path/to/file.py:callable'")
+        module, where = _import_module(module_name, spec, attr), module_name
+    factory = getattr(module, attr, None)
+    if factory is None:
+        defined = sorted(n for n, v in vars(module).items() if not n.startswith("_") and callable(v)
+                         and getattr(v, "__module__", None) == module.__name__)
+        raise CertsegError(f"{where} defines no {attr!r} (it defines {', '.join(defined[:8]) or 'no callables'}); "
+                           f"check the name after the colon")
     if not callable(factory):
         raise CertsegError(f"segmenter factory {spec!r} is a {type(factory).__name__}, not a callable")
     return factory
+
+
+def _import_module(module_name: str, spec: str, attr: str):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        top = module_name.split(".")[0]
+        if e.name and e.name.split(".")[0] != top:  # the package is there; something it imports is not
+            raise CertsegError(f"importing {module_name} needs {e.name}, which is not installed: pip install "
+                               f"{e.name.split('.')[0]}, or name the model's file alone (--segmenter "
+                               f"'path/to/{module_name.split('.')[-1]}.py:{attr}': no package __init__ runs)")
+        raise CertsegError(f"cannot import segmenter factory {spec!r} ({e}); install the package that defines it")
+    except Exception as e:  # noqa: BLE001 - the package's own code failed on import (ImportError, a bug in it)
+        raise CertsegError(f"cannot import segmenter factory {spec!r} ({type(e).__name__}: {_first_line(e)}); "
+                           f"install or fix the package that defines it")
+
+
+def _module_from_file(path: Path):
+    """The module defined by one .py file, loaded without its package (once per process per file version)."""
+    if not path.is_file():
+        raise CertsegError(f"segmenter factory file {path} does not exist")
+    resolved = path.resolve()
+    stat = resolved.stat()
+    key = (str(resolved), stat.st_mtime_ns, stat.st_size)
+    if key in _FILE_MODULES:
+        return _FILE_MODULES[key]
+    name = f"certseg_rt_user_{resolved.stem}_{hashlib.sha256(str(resolved).encode()).hexdigest()[:10]}"
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses, pickling and torch.export look classes up by their module
+    sys.path.append(str(resolved.parent))  # searched last: the file's sibling modules, never shadowing packages
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        del sys.modules[name]
+        raise CertsegError(f"{path} has a syntax error at line {e.lineno}: {e.msg}; fix the file")
+    except ModuleNotFoundError as e:
+        del sys.modules[name]
+        missing = e.name or str(e)
+        raise CertsegError(f"{path} imports {missing}, which is not installed: pip install {missing.split('.')[0]}, "
+                           f"or remove that import from the file")
+    except Exception as e:  # noqa: BLE001 - the user's file failed while running its top level
+        del sys.modules[name]
+        raise CertsegError(f"running {path} failed ({type(e).__name__}: {_first_line(e)}); fix the file")
+    finally:  # the entry appended above (the last one with that folder: the user's own stays where it was)
+        del sys.path[len(sys.path) - 1 - sys.path[::-1].index(str(resolved.parent))]
+    _FILE_MODULES[key] = module
+    return module
 
 
 def build_from_factory(spec: str, kwargs: dict | None):

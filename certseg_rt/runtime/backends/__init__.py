@@ -3,14 +3,20 @@
 Two kinds, one registry each:
 
 * ``RUNNERS``: engine runners.  Their module defines
-  ``open_engine(engine_dir, manifest, *, batch_size, threads, provider, max_memory)``: it checks what the
-  manifest asks of this machine (its library's version, the hardware), opens the engine and returns a
-  backend (``certify.Backend``: ``sample_counts``, ``segment`` for the clean segmenter, ``record``).
+  ``open_engine(engine_dir, manifest, *, batch_size, threads, provider, max_memory, cache_dir, calls)``: it
+  checks what the manifest asks of this machine (its library's version, the hardware), opens the engine and
+  returns a backend (``certify.Backend``: ``sample_counts``, ``segment`` for the clean segmenter, ``record``),
+  ready for calls of ``calls`` samples (default a default certify's n0 and n): a runner that compiles per
+  shape compiles those at open, through the per-user compiled-model cache (``cache_dir``: a folder, None
+  for the default, False for none; ``runtime/model_cache.py``).  Runners with nothing to compile ignore both.
   Hashes and field types are checked before, by ``manifest.load_manifest``.
 * ``REFERENCES``: reference runners, which run a model directory (the user's torch model) instead of an
   engine directory.  Their module defines ``open_model(model_dir, sigma, *, batch_size, denoiser, threads,
   precision, layout, max_memory, **options)``, ``PRECISIONS``, ``LAYOUTS`` and ``unavailable(**options)``
   (None, or one line saying why it cannot run here); ``options`` are the entry's (e.g. torch-cuda's form).
+  An entry's ``variants`` are other base models of the same runner (torch-cuda-fused's compiled models): a
+  variant is passed to ``open_model(variant=...)`` and names bench rows ``RUNNER:PRECISION:VARIANT``.
+  ``batch_size`` None leaves the batch to the runner (16 on the CPU; on a GPU the device memory decides).
 
 Adding a backend is its module plus one line below.  A module is imported only when an engine of its
 backend (or its reference) is opened, so the runtime starts fast and works without the libraries of
@@ -33,6 +39,7 @@ class Runner:
     extra: str  # the pip extra that installs its library
     gpu: bool = False  # needs an NVIDIA GPU (one per Ray worker; bench compares it with GPU rows)
     options: dict = field(default_factory=dict)  # what open_model / unavailable get besides the common arguments
+    variants: tuple[str, ...] = ()  # other base models of this runner (open_model(variant=...))
 
 
 RUNNERS: dict[str, Runner] = {
@@ -43,9 +50,13 @@ RUNNERS: dict[str, Runner] = {
 
 REFERENCES: dict[str, Runner] = {
     "torch-eager": Runner("torch_eager", "export"),
-    # The PyTorch GPU baseline (host noise and votes) and the fused device loop (CUDA noise and votes, a CUDA graph).
+    # On a GPU: the careful PyTorch user's certify (the baseline), the weak eager loop of the earlier measurements
+    # (host noise and votes) and the fused device loop (Philox noise, model and votes in one CUDA graph), with its
+    # torch.compile'd variants (torch_compile.VARIANTS).
+    "torch-cuda-careful": Runner("torch_cuda_careful", "export", gpu=True),
     "torch-cuda-eager": Runner("torch_cuda", "export", gpu=True, options={"form": "eager"}),
-    "torch-cuda-fused": Runner("torch_cuda", "export", gpu=True, options={"form": "fused"}),
+    "torch-cuda-fused": Runner("torch_cuda", "export", gpu=True, options={"form": "fused"},
+                               variants=("compiled", "compiled-autotune")),
 }
 
 
@@ -67,19 +78,46 @@ def reference(name: str) -> ModuleType:
 
 
 def open_engine(engine_dir: Path, manifest: dict, *, batch_size: int | None = None, threads: int | None = None,
-                provider: str = "cpu", max_memory: int | None = None):
+                provider: str = "cpu", max_memory: int | None = None, cache_dir=None, calls=None):
     """The backend for a checked manifest, opened by its runner module."""
     return runner(manifest["backend"]).open_engine(Path(engine_dir), manifest, batch_size=batch_size,
-                                                   threads=threads, provider=provider, max_memory=max_memory)
+                                                   threads=threads, provider=provider, max_memory=max_memory,
+                                                   cache_dir=cache_dir, calls=calls)
 
 
-def open_model(model_dir: Path, sigma: float, *, name: str = "torch-eager", batch_size: int = 16,
+def open_model(model_dir: Path, sigma: float, *, name: str = "torch-eager", batch_size: int | None = 16,
                denoiser: bool = True, threads: int | None = None, precision: str = "fp32", layout: str = "nchw",
-               max_memory: int | None = None):
-    """The backend of a reference runner for a model directory."""
-    return reference(name).open_model(Path(model_dir), sigma, batch_size=batch_size, denoiser=denoiser,
-                                      threads=threads, precision=precision, layout=layout, max_memory=max_memory,
-                                      **REFERENCES[name].options)
+               max_memory: int | None = None, variant: str | None = None):
+    """The backend of a reference runner for a model directory (batch_size None: the runner's default)."""
+    module = reference(name)
+    extra = dict(REFERENCES[name].options)
+    if variant is not None:
+        if variant not in REFERENCES[name].variants:
+            raise CertsegError(f"reference runner {name} has no variant {variant!r}"
+                               + (f"; it has {', '.join(REFERENCES[name].variants)}" if REFERENCES[name].variants
+                                  else ""))
+        extra["variant"] = variant
+    if batch_size is not None:
+        extra["batch_size"] = batch_size
+    return module.open_model(Path(model_dir), sigma, denoiser=denoiser, threads=threads, precision=precision,
+                             layout=layout, max_memory=max_memory, **extra)
+
+
+def parse_reference(item: str) -> tuple[str, str, str, str | None]:
+    """'RUNNER[:PRECISION[:LAYOUT|VARIANT]]' -> (runner, precision, layout, variant), checked against the registry;
+    one line naming what is wrong.  Precision defaults to fp32, layout to the runner's first."""
+    name, _, rest = item.partition(":")
+    precision, _, third = rest.partition(":")
+    entry = REFERENCES.get(name)
+    module = reference(name) if entry is not None else None
+    precision = precision or "fp32"
+    layout, variant = (module.LAYOUTS[0], third) if entry is not None and third in entry.variants else \
+        (third or (module.LAYOUTS[0] if module else "nchw"), None)
+    if module is None or precision not in module.PRECISIONS or layout not in module.LAYOUTS:
+        known = ", ".join(f"{n} ({'/'.join(reference(n).PRECISIONS)}; {'/'.join(reference(n).LAYOUTS + r.variants)})"
+                          for n, r in REFERENCES.items())
+        raise CertsegError(f"reference {item!r}: give RUNNER:PRECISION[:LAYOUT or VARIANT] among {known}")
+    return name, precision, layout, variant
 
 
 def reference_unavailable(name: str) -> str | None:

@@ -79,9 +79,9 @@ class OnnxRuntimeBackend(GraphBackend):
         self.session.run_with_iobinding(self._binding(x_noisy))
         return self._labels[:x_noisy.shape[0]]
 
-    def sample_counts(self, x, num, seed, offset):
+    def check_image(self, x):
         check_engine_size(x, self.height, self.width)
-        return super().sample_counts(x, num, seed, offset)
+        return super().check_image(x)
 
 
 def check_versions(manifest: dict) -> None:
@@ -146,8 +146,9 @@ class OnnxSegmenter:
 
 
 def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, provider: str = "cpu",
-                max_memory=None):
-    """An onnxruntime engine directory (manifest already checked) -> OnnxRuntimeBackend."""
+                max_memory=None, cache_dir=None, calls=None):
+    """An onnxruntime engine directory (manifest already checked) -> OnnxRuntimeBackend.  Its session takes any
+    batch, so there is nothing to compile per call (``cache_dir`` and ``calls`` do not apply)."""
     from ...adapters import image_channels
     from . import engine_batch_size
 

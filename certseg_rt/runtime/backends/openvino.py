@@ -14,14 +14,21 @@ Dice).  This runner
   (``PERFORMANCE_HINT`` LATENCY, one stream, threads from the manifest or ``threads``).  bf16 and int8 give
   a sample other labels at batch 1 than at batch 16 (other kernels; ~1e-4 of the pixels), so every sample
   of a call runs at one batch size (``GraphBackend.static_batch``: 10 for n0 = 10, 15 for n = 100 at batch
-  16, the last batch padded): each size is compiled on first use and the two last used are kept;
+  16, the last batch padded).  The sizes of the calls the user will make (``calls``; default a default
+  certify's n0 and n) are compiled when the engine is opened, not inside the first certify; any other size
+  on first use; the two last used are kept;
+* keeps what it compiled in the per-user compiled-model cache (``runtime/model_cache.py``: exported with
+  ``CompiledModel.export_model``, keyed by the IR's SHA-256 from the manifest, the static shape, every
+  compile property, the OpenVINO build and the CPU; checked by length and SHA-256 before
+  ``Core.import_model``), so the next process imports instead of compiling;
 * feeds each infer request ``ov.Tensor``s over the sampling loop's own noisy buffer and label buffer
   (``shared_memory=True``): no copy per batch.
 
 Imports ``openvino`` only (``pip install 'certseg-rt[openvino]'``): no torch, no ONNX Runtime.
 
 OpenVINO documentation used: ``Core.read_model(xml, bin)``, ``Model.clone``, ``Model.reshape``,
-``Core.compile_model(model, "CPU", properties)``, ``CompiledModel.get_property`` (a compiled model reports
+``Core.compile_model(model, "CPU", properties)``, ``CompiledModel.export_model``, ``Core.import_model``
+(bytes or an ``ov.Tensor``, with the compile properties), ``CompiledModel.get_property`` (a compiled model reports
 the properties it was compiled with), ``Core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")``,
 ``ov.Tensor(array, shared_memory=True)``, ``InferRequest.set_input_tensor`` / ``set_output_tensor`` /
 ``infer``, ``Model.get_rt_info`` (2026.4).
@@ -33,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...certify import DEFAULTS
 from ...errors import CertsegError
 from ..memory import MemoryCosts
 from ..sampling import GraphBackend, check_engine_size, check_input
@@ -85,12 +93,53 @@ def compile_properties(inference_precision: str, threads: int) -> dict:
             "INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": 1}
 
 
-def compile_static(core, model, batch: int, properties: dict):
-    """``model`` compiled for a static batch, its precision hint read back and checked."""
-    static = model.clone()
-    shape = static.input(0).get_partial_shape()
-    static.reshape([batch, *(shape[i].get_length() for i in range(1, shape.rank.get_length()))])
-    compiled = core.compile_model(static, "CPU", properties)
+# The compile's inputs besides the graph and its shape, in the order of the cache key (cpp_ext/runtime writes the same).
+KEY_PROPERTIES = ("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS")
+
+
+def cache_key(core, graph: str, shape: list[int], properties: dict) -> str:
+    """What a compiled model depends on: the OpenVINO build, the CPU, the IR (SHA-256 of .xml and .bin, as the
+    manifest records them), the static input shape and the compile properties."""
+    from ..model_cache import key_text
+
+    import openvino
+
+    return key_text([("backend", "openvino"), ("openvino", openvino.get_version()),
+                     ("device", core.get_property("CPU", "FULL_DEVICE_NAME")), ("graph", graph),
+                     ("input", "x".join(map(str, shape)))] + [(k, properties[k]) for k in KEY_PROPERTIES])
+
+
+def compile_static(core, model, batch: int, properties: dict, cache=None, graph: str | None = None):
+    """``model`` compiled for a static batch, its precision hint read back and checked.  With a ``cache``
+    (``model_cache.ModelCache``) and the IR's digests (``graph``), an entry for exactly this compile is imported
+    instead, and a fresh compile is stored; an entry OpenVINO refuses (another build, another CPU) is
+    recompiled and overwritten."""
+    dims = model.input(0).get_partial_shape()
+    shape = [batch, *(dims[i].get_length() for i in range(1, dims.rank.get_length()))]
+    key = cache_key(core, graph, shape, properties) if cache is not None and graph else None
+    compiled = None
+    if key is not None:
+        payload = cache.read(key)
+        if payload is not None:
+            import openvino as ov
+
+            try:
+                compiled = core.import_model(ov.Tensor(payload), "CPU", properties)
+                if list(compiled.input(0).get_shape()) != shape:
+                    raise RuntimeError("another shape")
+            except RuntimeError:  # OpenVINO's own header check (release, CPU) failed: compile it again
+                cache.refused()
+                compiled = None
+    if compiled is None:
+        static = model.clone()
+        static.reshape(shape)
+        compiled = core.compile_model(static, "CPU", properties)
+        if key is not None:
+            import io
+
+            stream = io.BytesIO()
+            compiled.export_model(stream)
+            cache.write(key, stream.getbuffer())
     got = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     if got != properties["INFERENCE_PRECISION_HINT"]:
         raise CertsegError(f"OpenVINO compiled the engine at precision {got}, not the "
@@ -112,16 +161,28 @@ class OpenVinoBackend(GraphBackend):
     static_batch = True
     KEEP = 2  # compiled batch sizes kept (a certify uses two: n0's and n's)
 
-    def __init__(self, core, model, properties: dict, *, sigma, num_classes, channels, height, width, batch_size):
+    def __init__(self, core, model, properties: dict, *, sigma, num_classes, channels, height, width, batch_size,
+                 cache=None, graph: str | None = None):
         super().__init__(sigma=sigma, num_classes=num_classes, channels=channels, size_multiple=1,
                          batch_size=batch_size)
         self.core, self.model, self.properties = core, model, properties
+        self.cache, self.graph = cache, graph  # the compiled-model cache (or None) and the IR's digests
         self.height, self.width = int(height), int(width)
         self.input_size = (self.height, self.width)
         self._labels = np.empty((batch_size, height, width), np.uint8)
         self._requests: dict[int, object] = {}  # batch -> infer request of the model compiled for it
         self._bound: dict[int, int] = {}  # batch -> address of the input buffer its request reads
-        self._request(batch_size)  # compiled at load: a model that cannot compile fails here
+
+    def prepare(self, calls) -> None:
+        """Compile (or import from the cache) the static batch of each call of ``calls`` samples now, so that
+        the certify that makes them compiles nothing; a model that cannot compile fails here."""
+        if not calls or any(isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1
+                            for num in calls):
+            raise CertsegError(f"calls={calls!r}: give the sample counts of the certify calls to prepare for, "
+                               f"integers >= 1 (e.g. (n0, n))")
+        sizes = [self.batch_size if self.fixed_batch else self.call_batch(num) for num in calls]
+        for size in list(dict.fromkeys(sizes))[-self.KEEP:]:
+            self._request(size)
 
     @property
     def compiled(self):
@@ -133,7 +194,7 @@ class OpenVinoBackend(GraphBackend):
             while len(self._requests) >= self.KEEP:  # the least recently used goes (dicts keep insertion order)
                 self._bound.pop(next(iter(self._requests)), None)
                 del self._requests[next(iter(self._requests))]
-            compiled = compile_static(self.core, self.model, batch, self.properties)
+            compiled = compile_static(self.core, self.model, batch, self.properties, self.cache, self.graph)
             self._requests[batch] = (compiled.create_infer_request(), compiled)
         else:
             self._requests[batch] = self._requests.pop(batch)
@@ -157,9 +218,9 @@ class OpenVinoBackend(GraphBackend):
         self._run(x_noisy, self._labels[:b])
         return self._labels[:b]
 
-    def sample_counts(self, x, num, seed, offset):
+    def check_image(self, x):
         check_engine_size(x, self.height, self.width, "--backend openvino ")
-        return super().sample_counts(x, num, seed, offset)
+        return super().check_image(x)
 
 
 class OpenVinoSegmenter:
@@ -167,15 +228,17 @@ class OpenVinoSegmenter:
     Compiled on first use, at the engine's inference precision: certifying never needs it.  A graph with a
     fixed batch (``batch`` > 1) runs the image repeated to that batch."""
 
-    def __init__(self, core, xml: Path, channels: int, properties: dict, batch: int = 1):
+    def __init__(self, core, xml: Path, channels: int, properties: dict, batch: int = 1, cache=None,
+                 graph: str | None = None):
         self.core, self.xml, self.channels, self.properties, self.batch = core, xml, channels, properties, batch
+        self.cache, self.graph = cache, graph
         self._request = None
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         x = check_input(image, self.channels)
         if self._request is None:
             self._request = compile_static(self.core, read_model(self.core, self.xml), self.batch,
-                                           self.properties).create_infer_request()
+                                           self.properties, self.cache, self.graph).create_infer_request()
         logits = self._request.infer({0: np.repeat(x[None], self.batch, axis=0)})[0]
         return np.argmax(logits[0], axis=0).astype(np.uint8)
 
@@ -238,10 +301,20 @@ def check_graph_matches(model, manifest: dict, name: str) -> None:
                            f"{classes}; {REBUILD}")
 
 
+def graph_digests(manifest: dict, xml: Path) -> str | None:
+    """'<sha256 of the .xml> <sha256 of the .bin>' as the manifest records them (checked at load)."""
+    files = manifest["files"]
+    names = (xml.name, xml.with_suffix(".bin").name)
+    return " ".join(files[n] for n in names) if all(n in files for n in names) else None
+
+
 def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, provider: str = "cpu",
-                max_memory=None) -> OpenVinoBackend:
-    """An openvino engine directory (manifest already checked) -> OpenVinoBackend."""
+                max_memory=None, cache_dir=None, calls=None) -> OpenVinoBackend:
+    """An openvino engine directory (manifest already checked) -> OpenVinoBackend, with the static batches of
+    ``calls`` (sample counts; default a default certify's n0 and n) compiled, or imported from the cache
+    (``cache_dir``: a folder, None for the default, False for none)."""
     from ...adapters import image_channels
+    from ..model_cache import ModelCache, cache_root
     from . import engine_batch_size
     from .onnxruntime import graph_paths
 
@@ -258,14 +331,19 @@ def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, pr
     model = read_model(core, fused)
     check_graph_matches(model, manifest, fused.name)
     properties = compile_properties(settings["inference_precision"], threads or settings.get("threads") or 0)
+    root = cache_root(cache_dir)
+    cache = None if root is None else ModelCache(root, "openvino")
     inp = manifest["input"]
     backend = OpenVinoBackend(core, model, properties, sigma=manifest["sigma"], num_classes=len(manifest["classes"]),
-                              channels=inp["channels"], height=inp["height"], width=inp["width"], batch_size=batch)
+                              channels=inp["channels"], height=inp["height"], width=inp["width"], batch_size=batch,
+                              cache=cache, graph=graph_digests(manifest, fused))
     # A graph with a fixed batch runs only that batch: the sampling loop pads its last batch up to it.
     backend.fixed_batch = bool(manifest["batch_sizes"].get("fixed"))
+    backend.prepare(calls or (DEFAULTS["n0"], DEFAULTS["n"]))
     # The clean segmenter takes the image as given (before an adapter replicates it for the denoiser).
     backend.segment = OpenVinoSegmenter(core, segmenter, image_channels(manifest), properties,
-                                        batch=batch if backend.fixed_batch else 1)
+                                        batch=batch if backend.fixed_batch else 1, cache=cache,
+                                        graph=graph_digests(manifest, segmenter))
     compiled = backend.compiled  # what the plugin compiled, read back (the native runtime records the same)
     backend.record.update({"openvino": openvino.get_version(), "batch_size": batch,
                            "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),

@@ -186,8 +186,9 @@ def open_tensorrt_backend(engine_dir, manifest: dict | None = None, *, batch_siz
 
 
 def open_engine(engine_dir, manifest: dict, *, batch_size=None, threads=None, provider=None,
-                max_memory=None) -> "TensorRTBackend":
-    """The runner registry's entry: the native backend (provider and threads do not apply to it), with the
+                max_memory=None, cache_dir=None, calls=None) -> "TensorRTBackend":
+    """The runner registry's entry: the native backend (provider and threads do not apply to it; nor do cache_dir and
+    calls: the engine is compiled at build and its CUDA graphs are captured per shape on first use), with the
     clean segmenter from the engine's segmenter.onnx on ONNX Runtime's CPU provider.  The batch's samples
     live in device memory, so a host memory budget (max_memory) does not limit its batch."""
     from ...adapters import image_channels

@@ -62,11 +62,11 @@ class TorchEagerBackend(GraphBackend):
             self.record["batch_size"] = self.batch_size
         return self.batch_size
 
-    def sample_counts(self, x, num, seed, offset):
+    def check_image(self, x):
         x = np.asarray(x)
         if x.ndim >= 2:
             self.fit_batch(*x.shape[-2:])
-        return super().sample_counts(x, num, seed, offset)
+        return super().check_image(x)
 
     def infer(self, x_noisy: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(x_noisy).contiguous(memory_format=self.memory_format)

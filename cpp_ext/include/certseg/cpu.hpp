@@ -23,6 +23,11 @@ void fill_noisy(const float* x, uint64_t elements, const NoisyParams& params, ui
 int max_label(const uint8_t* labels, uint64_t n);
 /* Assumes every label < num_classes (checked with max_label first). */
 void accumulate_votes(const uint8_t* labels, uint64_t batch, uint64_t pixels, int32_t* counts, int num_classes);
+/* Packed batches (kernels.h): counter = {seed, next, end}; labels assumed in range (checked first). */
+void fill_noisy_packed(const float* x, uint64_t images, uint64_t elements, const NoisyParams& params,
+                       const uint64_t counter[3], uint64_t per_image, float* out);
+void accumulate_votes_packed(const uint8_t* labels, uint64_t images, uint64_t per_image, uint64_t pixels,
+                             int32_t* counts, int num_classes, const uint64_t counter[3]);
 
 }  // namespace cpu
 }  // namespace certseg

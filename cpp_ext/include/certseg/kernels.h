@@ -91,6 +91,44 @@ CERTSEG_HD inline int vote_pixel(const uint8_t* labels, uint64_t batch, uint64_t
   return bad;
 }
 
+/* ---- Packed batches with the noise counter in memory ------------------------------------------------------
+ *
+ * A device loop (the torch-cuda fused form) captures one batch as a CUDA graph and replays it; the arguments
+ * that change between replays cannot be kernel arguments, so they live in a counter in memory, uint64[3]:
+ *   counter[0] = seed, counter[1] = next (the sample index of every image's first row in this batch),
+ *   counter[2] = end (the call's last sample index + 1).
+ * The batch packs `images` images of `per_image` consecutive rows each: row r is sample next + r % per_image
+ * of image r / per_image, so every image keeps its own noise stream (seed, sample index) exactly as if it were
+ * sampled alone.  Rows whose sample index is >= end are the padding of a call's last batch: their noise is
+ * drawn, their votes are not counted.  After a batch a one-thread kernel adds per_image to next. */
+enum { kCounterSeed = 0, kCounterNext = 1, kCounterEnd = 2, kCounterWords = 3 };
+
+/* How many of an image's rows hold samples of the call (the rest are padding). */
+CERTSEG_HD inline uint64_t valid_rows(uint64_t next, uint64_t end, uint64_t per_image) {
+  if (next >= end) return 0;
+  const uint64_t left = end - next;
+  return left < per_image ? left : per_image;
+}
+
+/* Body: unit `unit` of a packed noisy batch (units = images * per_image * noise_blocks(elements)); x holds the
+ * images one after another (images * elements), out the rows (images * per_image * elements). */
+CERTSEG_HD inline void packed_noisy_unit(const float* x, uint64_t elements, const NoisyParams& p, uint64_t seed,
+                                         uint64_t next, uint64_t per_image, uint64_t unit, float* out) {
+  const uint64_t blocks = noise_blocks(elements);
+  const uint64_t row = unit / blocks;
+  noisy_block(x + (row / per_image) * elements, elements, p, seed, next + row % per_image, unit - row * blocks,
+              out + row * elements);
+}
+
+/* Body: unit `unit` = image * pixels + pixel of a packed vote: the first `valid` rows of that image's per_image
+ * rows vote into that image's counts (images * num_classes * pixels).  Returns vote_pixel's out-of-range label. */
+CERTSEG_HD inline int packed_vote_unit(const uint8_t* labels, uint64_t per_image, uint64_t valid, uint64_t pixels,
+                                       uint64_t unit, int32_t* counts, int num_classes) {
+  const uint64_t image = unit / pixels;
+  return vote_pixel(labels + image * per_image * pixels, valid, pixels, unit - image * pixels,
+                    counts + image * static_cast<uint64_t>(num_classes) * pixels, num_classes);
+}
+
 }  // namespace certseg
 
 #endif  // CERTSEG_KERNELS_H
