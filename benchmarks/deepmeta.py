@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from certseg_rt.runtime.model_cache import default_root
+
 PACKAGE = "napari-deepmeta==2.1"
 WHEEL = "napari_deepmeta-2.1-py3-none-any.whl"
 SHA256 = {  # measured on the PyPI wheel of 2.1
@@ -147,12 +149,14 @@ def table(results: dict) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("certseg-out/deepmeta"))
-    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "certseg-rt" / "deepmeta",
+    ap.add_argument("--cache", type=Path, default=default_root() / "deepmeta",
                     help="where the wheel is downloaded and extracted (never the repository)")
     ap.add_argument("--wheel", type=Path, default=None, help="a local napari_deepmeta-2.1 wheel (offline)")
     ap.add_argument("--denoiser-model", default="chest",
                     help="bundled model name or model directory whose denoiser goes in front (e.g. liver-ct)")
     ap.add_argument("--sigmas", default="0.25,0.5")
+    ap.add_argument("--no-plain", action="store_true",
+                    help="leave out plain smoothing (its rows do not depend on --denoiser-model)")
     ap.add_argument("--every", type=int, default=8, help="certify every N-th slice that has lungs")
     ap.add_argument("--slices", default=None, help="comma-separated slice indices instead of --every")
     ap.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "openvino"))
@@ -169,7 +173,7 @@ def main():
     params = {"n0": args.n0, "n": args.n, "alpha": args.alpha}
     slices = None
     for sigma in sigmas:
-        for config, model in ((denoised, args.denoiser_model), ("plain", None)):
+        for config, model in ((denoised, args.denoiser_model), *(() if args.no_plain else (("plain", None),))):
             engine = build(package, args.out / "engines" / f"{'plain' if model is None else 'denoised'}-{sigma:g}",
                            sigma, model, args.backend)
             if slices is None:  # slices where the undefended model sees lungs, every N-th (40 and 64 among them)

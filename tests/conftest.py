@@ -1,10 +1,16 @@
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from certseg_rt.runtime.model_cache import default_root
+
+# Real scans (fetch-data): release files are kept here once downloaded and verified (the platform's cache folder,
+# not the session's compiled-model cache below, so that a second test run downloads nothing).
+SCAN_CACHE = Path(os.environ.get("CERTSEG_SCAN_CACHE") or default_root() / "scans")
 _SESSION_CACHE = None
 
 
@@ -119,3 +125,40 @@ def native(tmp_path_factory) -> dict:
     if why is not None:
         pytest.skip(why)
     return build_native(tmp_path_factory.mktemp("certseg_native"))
+
+
+@pytest.fixture(scope="session")
+def liver_wheel():
+    """The verified liver-ct-segmentation-package wheel (4.5 MB, LiTS case 117), from the cache
+    ($CERTSEG_SCAN_CACHE or ~/.cache/certseg-rt/scans) or downloaded into it; skipped with the reason offline."""
+    pytest.importorskip("mrcfile")
+    pytest.importorskip("nibabel")
+    from certseg_rt.data import fetch as fetch_mod
+
+    archive = fetch_mod.get_source("liver-ct")["archive"]
+    cached = SCAN_CACHE / archive["filename"]
+    if cached.is_file() and fetch_mod.sha256_of(cached) == archive["sha256"]:
+        return cached
+    SCAN_CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=SCAN_CACHE) as tmp:  # the cache only ever holds whole, verified files
+        try:
+            path, _ = fetch_mod.obtain(archive, Path(tmp))
+        except fetch_mod.CertsegError as e:
+            if not str(e).startswith("cannot download"):
+                raise  # a wrong hash is a failure, never a skip
+            pytest.skip(f"the registry is unreachable, so the liver-ct wheel cannot be fetched: {e}")
+        os.replace(path, cached)
+    return cached
+
+
+@pytest.fixture(scope="session")
+def lits_dir(liver_wheel, tmp_path_factory):
+    """`certseg-rt fetch-data liver-ct` from the cached wheel, once per session."""
+    from click.testing import CliRunner
+
+    from certseg_rt.cli import main
+
+    out = tmp_path_factory.mktemp("scans") / "liver-ct"
+    r = CliRunner().invoke(main, ["fetch-data", "liver-ct", str(out), "--from", str(liver_wheel)])
+    assert r.exit_code == 0, r.output
+    return out

@@ -169,12 +169,16 @@ def run(*, sizes=(128, 256), ns=(100,), batch_sizes=(8, 16, 32), engines: list[s
     for name, why in skipped.items():
         log(f"no {name} rows: {why}")
     from ..export.build import build_engine
+    from ..data.modalities import modality_for
     from ..export.loaders import load_model_dir, load_source
     from ..manifest import load_manifest
     from ..zoo import bundled_model_dir
 
     model = Path(model) if Path(model).is_dir() else bundled_model_dir(model)
-    modality = load_model_dir(model, denoiser=False).modality or "chest"
+    source = load_model_dir(model, denoiser=False)
+    # The Dice column needs phantoms with masks: a real-data model (liver-ct) is timed and scored on the phantoms
+    # of its channel count, whose Dice only compares backends with each other.
+    modality = modality_for(source.channels, source.modality).name
     given = None if engine_dir is None else load_manifest(engine_dir)
     mach = machine()
     results, best_batch = [], {}  # best_batch: (size, row name) -> batch size

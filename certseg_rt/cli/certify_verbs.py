@@ -124,6 +124,7 @@ def demo(out, count, model, sigma, tau, alpha, n0, n, seed, batch_size, correcti
     (image | ground truth | certified, abstained pixels magenta) to OUT.
     """
     from ..data import HELD_OUT_SEEDS
+    from ..data.modalities import MODALITIES
     from ..io import overlay, write_json, write_png
     from ..metrics import abstain_rate, mean_foreground_dice
     from ..runtime.backends import open_model
@@ -136,6 +137,10 @@ def demo(out, count, model, sigma, tau, alpha, n0, n, seed, batch_size, correcti
     check_batch_size(batch_size)
     backend = open_model(model_dir(model), sigma, batch_size=batch_size or REFERENCE_BATCH)
     src = backend.source
+    if src.modality is not None and src.modality not in MODALITIES:
+        raise CertsegError(f"model {model} was trained on real {src.modality} scans, not phantoms: fetch its data "
+                           f"and evaluate it, e.g. certseg-rt fetch-data liver-ct data/liver-ct && certseg-rt "
+                           f"evaluate data/liver-ct/lits117 --model {model} --out results/")
     segment_clean = backend.segment
     rows = []
     click.echo(f"certifying {count} held-out phantoms: sigma={sigma} tau={tau} alpha={alpha} n0={n0} n={n} "

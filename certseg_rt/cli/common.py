@@ -41,7 +41,7 @@ def user_errors(fn):
 
 EXTRA_OF = {"torch": "export", "diffusers": "export", "safetensors": "export", "onnx": "export",
              "onnxruntime": "cpu", "matplotlib": "plots", "tensorrt": "gpu", "nibabel": "nifti", "nrrd": "nrrd",
-             "pydicom": "dicom"}
+             "pydicom": "dicom", "mrcfile": "data"}
 
 
 def smoothing_options(fn):

@@ -201,7 +201,7 @@ def evaluate(dataset_dir, out, model, engine, reference, sigmas, no_denoiser, ta
     except ImportError:
         click.echo("matplotlib is not installed: no plots (pip install 'certseg-rt[plots]')", err=True)
     for row in summary["overall"]:
-        click.echo(f"{row['modality']:<8}{row['config']:<12} sigma {row['sigma']:<5g} radius {row['radius']:.3f}  clean Dice "
+        click.echo(f"{row['modality']:<8} {row['config']:<12} sigma {row['sigma']:<5g} radius {row['radius']:.3f}  clean Dice "
                    f"{row['clean_dice']:.3f}  certified Dice {row['certified_dice']:.3f}  certified IoU "
                    f"{row['certified_iou']:.3f}  abstain {row['abstain_rate']:.1%}  ({row['images']} images)")
     click.echo("abstained pixels count as false negatives of their true class, never as false positives", err=True)

@@ -49,5 +49,5 @@ def info(as_json):
                    f"{cache['openvino_bytes'] / 2**20:.1f} MiB; $CERTSEG_CACHE_DIR moves it, removing it is safe)")
         click.echo("bundled models (--model NAME):")
         for name, m in data["models"].items():
-            click.echo(f"  {name:<18} {m['modality'] or '-':<6} {m['channels']} ch, {len(m['classes'])} classes, "
+            click.echo(f"  {name:<18} {m['modality'] or '-':<13} {m['channels']} ch, {len(m['classes'])} classes, "
                        f"{'denoiser + segmenter' if m['denoiser'] else 'segmenter only (plain smoothing)'}")

@@ -33,10 +33,11 @@ def get_modality(name: str) -> Modality:
 
 
 def modality_for(channels: int, name: str | None = None) -> Modality:
-    """The named modality, or for a model that names none the first one with its channel count
-    (calibration and parity images for a user's model only need to look like the right kind of image)."""
-    if name is not None:
-        return get_modality(name)
+    """The named modality, or for a model that names none (or one without phantoms: a model trained on real
+    scans, e.g. liver-ct's "abdominal-ct") the first one with its channel count (calibration and parity
+    images only need to look like the right kind of image)."""
+    if name in MODALITIES:
+        return MODALITIES[name]
     return next(m for m in MODALITIES.values() if m.channels == channels) if channels in (1, 3) else \
         get_modality("chest")
 
