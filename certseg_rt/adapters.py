@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import CertsegError, InputError
+from .errors import REBUILD, CertsegError, InputError
 
 ADAPTER_KINDS = ("replicate",)
 
@@ -100,8 +100,6 @@ def adapter_from_manifest(manifest: dict) -> Replicate | None:
     field = manifest.get("adapter")
     if field is None:
         return None
-    from .manifest import REBUILD
-
     def bad(rule):
         raise CertsegError(f"engine field adapter {rule}; {REBUILD}")
 

@@ -7,3 +7,8 @@ class CertsegError(Exception):
 
 class InputError(CertsegError, ValueError):
     """An image or parameter the model cannot take."""
+
+
+# The fix for an engine directory that cannot be used (manifest fields, graphs, versions): said by manifest,
+# adapters and the runners alike.
+REBUILD = "rebuild it with `certseg-rt build-engine --out DIR`"

@@ -10,12 +10,12 @@ import json
 import math
 from pathlib import Path
 
-from .errors import CertsegError
+from .adapters import adapter_from_manifest
+from .errors import REBUILD, CertsegError  # noqa: F401  (REBUILD: runners import it from here too)
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 REQUIRED = ("format_version", "backend", "precision", "sigma", "classes", "input", "batch_sizes", "files", "tools")
-REBUILD = "rebuild it with `certseg-rt build-engine --out DIR`"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -109,8 +109,6 @@ def _check_fields(m: dict, path: Path) -> None:
         bad("batch_sizes", "must give integers 1 <= min <= opt <= max")
     if not isinstance(m["tools"], dict):
         bad("tools", "must be an object")
-    from .adapters import adapter_from_manifest
-
     adapter_from_manifest(m)  # field adapter: null, or a replication that fits input.channels
     graphs = m.get("graphs", {})
     # Only files whose hashes were checked may be loaded: every graph must be listed in files.
