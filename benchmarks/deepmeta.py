@@ -74,8 +74,11 @@ def fetch(cache: Path, wheel: Path | None) -> Path:
 
 def preprocess(stack_path: Path) -> np.ndarray:
     """The model's own input: CLAHE per slice (napari-deepmeta's contrast_and_reshape), float32 in [0, 1]."""
-    import tifffile
-    from skimage import exposure
+    try:
+        import tifffile
+        from skimage import exposure
+    except ImportError as e:
+        sys.exit(f"the model's preprocessing needs {e.name} (scikit-image, tifffile): pip install '.[deepmeta]'")
 
     stack = tifffile.imread(str(stack_path))
     return np.stack([exposure.equalize_adapthist(s, clip_limit=0.03) for s in stack]).astype(np.float32)
