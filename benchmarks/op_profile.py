@@ -80,9 +80,12 @@ def onnxruntime_profile(engine_dir: Path, x: np.ndarray, runs: int) -> list[dict
 
 
 def openvino_profile(engine_dir: Path, x: np.ndarray, runs: int) -> list[dict] | None:
+    from certseg_rt.errors import CertsegError
+    from certseg_rt.runtime.backends.openvino import import_openvino
+
     try:
-        import openvino as ov
-    except ImportError:
+        ov = import_openvino()
+    except CertsegError:  # not installed
         return None
     from certseg_rt.manifest import load_manifest
     from certseg_rt.runtime.backends.onnxruntime import graph_paths

@@ -19,14 +19,13 @@ import numpy as np
 
 
 def profile(engine: Path, batch: int, runs: int) -> dict:
-    import openvino as ov
-
     from certseg_rt import kernels
     from certseg_rt.data import HELD_OUT_SEEDS
     from certseg_rt.data.modalities import get_modality
     from certseg_rt.manifest import load_manifest
-    from certseg_rt.runtime.backends.openvino import compile_properties
+    from certseg_rt.runtime.backends.openvino import compile_properties, import_openvino
 
+    ov = import_openvino()
     m = load_manifest(engine)
     core = ov.Core()
     model = core.read_model(str(engine / m["graphs"]["fused"]))

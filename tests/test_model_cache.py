@@ -249,3 +249,38 @@ def test_cli_cache_options(engine, tmp_path):
     assert len(_entries(tmp_path / "c")) == 2
     r = CliRunner().invoke(main, args + ["--cache-dir", str(tmp_path / "c"), "--no-cache"])
     assert r.exit_code == 1 and "contradict" in r.output
+
+
+def test_a_certify_process_writes_only_its_cache_and_its_mask(engine, tmp_path):
+    """A whole `certseg-rt certify --engine` process, with HOME, the working folder and TMPDIR its own: afterwards
+    files exist only in the cache folder (the default one, under HOME's platform cache) and at --out; the engine
+    folder is unchanged."""
+    import subprocess
+    import sys
+
+    from certseg_rt.data.phantom import HELD_OUT_SEEDS, make_phantom
+    from certseg_rt.io import write_png
+
+    home, work, tmp, out = (tmp_path / d for d in ("home", "work", "tmp", "out"))
+    for d in (home, work, tmp, out):
+        d.mkdir()
+    scan = out / "scan.png"
+    write_png(scan, (make_phantom(HELD_OUT_SEEDS[3], size=128).image[0] * 255).round().astype(np.uint8))
+
+    def listing(folder):
+        return sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+    engine_before = listing(engine)
+    env = {k: v for k, v in os.environ.items() if k not in ("CERTSEG_CACHE_DIR", "XDG_CACHE_HOME")}
+    env.update(HOME=str(home), TMPDIR=str(tmp))
+    r = subprocess.run([sys.executable, "-m", "certseg_rt.cli", "certify", str(scan), "--engine", str(engine),
+                        "--n0", "3", "--n", "20", "--batch-size", "8", "--out", str(out / "mask.png")],
+                       cwd=work, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    cache = home / ".cache" / "certseg-rt"
+    assert len(_entries(cache)) == 2
+    written = {p.relative_to(home) for p in home.rglob("*") if p.is_file()}
+    assert all(p.parts[:2] == (".cache", "certseg-rt") for p in written), written
+    assert sorted(p.name for p in out.iterdir()) == ["mask.png", "scan.png"]
+    assert not any(work.iterdir()) and not any(tmp.iterdir())
+    assert listing(engine) == engine_before

@@ -40,14 +40,14 @@ def check_request(precision: str, options: dict) -> None:
     if precision not in PRECISIONS:
         raise CertsegError(f"--precision {precision} is not available for openvino; choose one of "
                            f"{', '.join(PRECISIONS)} (fp16 is a GPU precision: --backend tensorrt)")
-    from ...runtime.backends.openvino import import_openvino, require_native_bf16
+    from ...runtime.backends.openvino import import_nncf, import_openvino, require_native_bf16
 
     openvino = import_openvino()
     if precision == "bf16":
         require_native_bf16(openvino.Core(), "--precision bf16")
     if precision == "int8":
         try:
-            import nncf  # noqa: F401
+            import_nncf()
         except ImportError:
             raise CertsegError("--precision int8 for openvino needs NNCF; pip install 'certseg-rt[export]'")
 
@@ -56,7 +56,7 @@ def native_precisions() -> tuple[list[str], dict[str, str]]:
     """(the precisions this CPU runs natively, {precision: why not} for the others): what ``--precision auto``
     builds and measures.  bf16 only where the CPU plugin reports native BF16 (emulated, it would be slow and
     another model); int8 where NNCF is installed and the plugin reports INT8."""
-    from ...runtime.backends.openvino import cpu_capabilities, import_openvino
+    from ...runtime.backends.openvino import cpu_capabilities, import_nncf, import_openvino
 
     caps = cpu_capabilities(import_openvino().Core())
     native, not_tried = ["fp32"], {}
@@ -65,7 +65,7 @@ def native_precisions() -> tuple[list[str], dict[str, str]]:
     else:
         not_tried["bf16"] = f"no native BF16 on this CPU (OpenVINO reports {', '.join(caps) or 'nothing'})"
     try:
-        import nncf  # noqa: F401
+        import_nncf()
     except ImportError:
         not_tried["int8"] = "NNCF is not installed (pip install 'certseg-rt[export]')"
     else:
@@ -98,8 +98,9 @@ def cpu_isa() -> list[str]:
 
 def convert(onnx_path: Path, metadata: dict):
     """The ONNX graph as an OpenVINO model, with the sigma and classes it is built for in its rt_info."""
-    import openvino as ov
+    from ...runtime.backends.openvino import import_openvino
 
+    ov = import_openvino()
     model = ov.convert_model(str(onnx_path))
     for key, value in metadata.items():
         model.set_rt_info(value if isinstance(value, str) else json.dumps(value), ["certseg_rt", key])
@@ -141,9 +142,9 @@ def check_parity(source, sigma: float, fused, segmenter, properties: dict, *, fl
     and the segmenter's logits on the same denoised inputs, in chunks the engine's batch range and the build's
     memory budget allow (``parity.BatchPlan``).  A segmenter given as an ONNX file (torch cannot run it) is
     compared with ``reference``, the unquantised fused graph in OpenVINO at f32."""
-    import openvino as ov
+    from ...runtime.backends.openvino import compile_properties, import_openvino
 
-    from ...runtime.backends.openvino import compile_properties
+    ov = import_openvino()
     from ..onnx_export import parity_inputs
 
     core = ov.Core()
@@ -175,10 +176,9 @@ def check_parity(source, sigma: float, fused, segmenter, properties: dict, *, fl
 
 
 def build(stage: Path, graphs, *, source, sigma, precision, batch_sizes, threads, parity, force, options, log) -> dict:
-    import openvino as ov
+    from ...runtime.backends.openvino import BATCHING, compile_properties, compile_static, import_openvino
 
-    from ...runtime.backends.openvino import BATCHING, compile_properties, compile_static
-
+    ov = import_openvino()
     metadata = {"sigma": sigma, "classes": source.classes, "input": graphs.metadata["input"]}
     log("converting to OpenVINO IR")
     fused = convert(graphs.fused, {**metadata, "graph": "x_noisy -> labels"})

@@ -56,8 +56,9 @@ def quantize_int8(model, calibration: np.ndarray, batch: int = 4):
     import logging
     import sys
 
-    import nncf
+    from ...runtime.backends.openvino import import_nncf
 
+    nncf = import_nncf()
     keep = final_layers(model)
     items = [calibration[i:i + batch] for i in range(0, len(calibration), batch)]
     nncf.set_log_level(logging.WARNING)  # its INFO lines and progress bars go to stdout, which is for results

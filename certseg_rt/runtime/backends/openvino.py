@@ -35,7 +35,9 @@ the properties it was compiled with), ``Core.get_property("CPU", "OPTIMIZATION_C
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -62,12 +64,41 @@ def rebuild_hint(precision: str = "fp32") -> str:
     return f"rebuild it here with `certseg-rt build-engine --backend openvino --precision {precision} --out DIR`"
 
 
-def import_openvino():
+@contextlib.contextmanager
+def _telemetry_declined():
+    """OpenVINO's and NNCF's usage telemetry (the openvino_telemetry package) starts when they are imported: without
+    a consent file it writes a client id and usage counts under ~/intel and sends events to Google Analytics.
+    certseg-rt writes nothing outside its cache and the engine folders and sends nothing from a scanner's machine, so
+    they are imported as both packages decline telemetry in CI jobs (CI=true; NNCF_CI), the variables restored after.
+    The telemetry object is one per process, so the declined consent holds for the process."""
+    saved = {k: os.environ.get(k) for k in ("CI", "NNCF_CI")}
+    os.environ.update(CI="true", NNCF_CI="1")
     try:
-        import openvino
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def import_openvino():
+    """The openvino module, its telemetry declined (every import of OpenVINO in certseg-rt goes through here)."""
+    try:
+        with _telemetry_declined():
+            import openvino
     except ImportError:
         raise CertsegError("OpenVINO is not installed; pip install 'certseg-rt[openvino]'")
     return openvino
+
+
+def import_nncf():
+    """The nncf module (int8 builds), imported after OpenVINO with telemetry declined; ImportError if absent."""
+    import_openvino()
+    with _telemetry_declined():
+        import nncf
+    return nncf
 
 
 def release(version: str) -> str:
@@ -102,9 +133,7 @@ def cache_key(core, graph: str, shape: list[int], properties: dict) -> str:
     manifest records them), the static input shape and the compile properties."""
     from ..model_cache import key_text
 
-    import openvino
-
-    return key_text([("backend", "openvino"), ("openvino", openvino.get_version()),
+    return key_text([("backend", "openvino"), ("openvino", import_openvino().get_version()),
                      ("device", core.get_property("CPU", "FULL_DEVICE_NAME")), ("graph", graph),
                      ("input", "x".join(map(str, shape)))] + [(k, properties[k]) for k in KEY_PROPERTIES])
 
@@ -121,8 +150,7 @@ def compile_static(core, model, batch: int, properties: dict, cache=None, graph:
     if key is not None:
         payload = cache.read(key)
         if payload is not None:
-            import openvino as ov
-
+            ov = import_openvino()
             try:
                 compiled = core.import_model(ov.Tensor(payload), "CPU", properties)
                 if list(compiled.input(0).get_shape()) != shape:
@@ -201,7 +229,7 @@ class OpenVinoBackend(GraphBackend):
         return self._requests[batch]
 
     def _run(self, x: np.ndarray, labels: np.ndarray) -> None:
-        import openvino as ov
+        ov = import_openvino()
 
         request = self._request(x.shape[0])[0]
         if self._bound.get(x.shape[0]) != x.ctypes.data:  # bound once per buffer: the loop refills it
