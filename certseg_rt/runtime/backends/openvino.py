@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,10 @@ def _telemetry_declined():
 
 
 def import_openvino():
-    """The openvino module, its telemetry declined (every import of OpenVINO in certseg-rt goes through here)."""
+    """The openvino module, its telemetry declined (every import of OpenVINO in certseg-rt goes through here; once
+    imported, the module itself: the inference loop asks for it per batch)."""
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"]
     try:
         with _telemetry_declined():
             import openvino
