@@ -31,7 +31,7 @@ from certseg_rt.io import atomic_path, write_json
 
 DENOISED_SIGMAS = (0.25, 0.5, 1.0)
 PLAIN_SIGMAS = (0.25, 0.5)
-FIGURE_SLICES = (24, 56, 88, 116)
+FIGURE_SLICES = (8, 24, 64, 104)  # the tip (missed), its lower part, the middle, near the dome
 WINDOW = "-150,250"  # fetch-data's CT window (level 50, width 400) as certify's LO,HI
 
 
@@ -46,7 +46,7 @@ def evaluate_slices(data: Path, out: Path, params: list[str]) -> list[dict]:
     for config, model, sigmas, extra in configs():
         dest = out / (config if config == "denoised" else f"plain-{sigmas[0]}")
         run_cli("evaluate", data, "--out", dest, "--model", model, "--sigma", ",".join(map(str, sigmas)),
-                "--config-name", config, *extra, *params)
+                "--config-name", config, "--score-classes", "liver", *extra, *params)
         rows += [{**r, "scope": "slices"} for r in json.loads((dest / "summary.json").read_text())["overall"]]
     return rows
 

@@ -211,8 +211,23 @@ def record_path(out: Path, config: str, sigma: float, name: str) -> Path:
     return out / "records" / config / f"sigma_{sigma:g}" / f"{name}.json"
 
 
-def write_tables(out: Path, records: list[dict], failures: list[dict], classes) -> dict:
-    """per_image.csv, summary.json (overall means per config and sigma)."""
+HEADLINE = ("clean_dice", "certified_dice", "certified_iou")
+
+
+def scored_over(record: dict, scored: list[str] | None) -> dict:
+    """The record with its headline Dice / IoU the mean over the classes named in `scored` only (None: as
+    recorded, over every foreground class).  A data set that labels only some of the model's classes (LiTS:
+    liver, not the spleen or kidneys) would otherwise average in classes its masks never mark.  Records keep
+    every class's columns, so the choice is made when the tables are written and resuming is unaffected."""
+    if not scored:
+        return record
+    return {**record, **{key: float(np.mean([record[f"{key}_{name}"] for name in scored])) for key in HEADLINE}}
+
+
+def write_tables(out: Path, records: list[dict], failures: list[dict], classes, scored: list[str] | None = None) -> dict:
+    """per_image.csv, summary.json (overall means per config and sigma); headline columns over `scored`
+    (scored_over)."""
+    records = [scored_over(r, scored) for r in records]
     nested = ("parameters", "model_files", "volume")  # in the JSON records, not in the CSV
     columns = [k for k in records[0] if not k.startswith("_") and k not in nested] if records else []
     with atomic_path(out / "per_image.csv") as tmp, open(tmp, "w", newline="") as f:
@@ -229,7 +244,8 @@ def write_tables(out: Path, records: list[dict], failures: list[dict], classes) 
                         "images": len(rows),
                         **{k: float(np.mean([r[k] for r in rows])) for k in keys}})
     summary = {"overall": overall, "failed": failures, "classes": list(classes),
+               "scored_classes": list(scored or classes[1:]),
                "convention": "abstained pixels count as false negatives of their true class, never as false "
-                             "positives; Dice and IoU are means over the foreground classes"}
+                             "positives; Dice and IoU are means over the scored foreground classes"}
     write_json(out / "summary.json", summary)
     return summary

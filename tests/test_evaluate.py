@@ -65,6 +65,40 @@ def test_rerun_resumes(dataset, tmp_path):
     assert [p.stat().st_mtime_ns for p in records] != stamps
 
 
+def test_score_classes_average_only_the_named_classes_and_keep_the_records(dataset, tmp_path):
+    """A data set that labels only some of the model's classes (LiTS marks liver, not the spleen) is scored
+    over those: the headline columns become the named classes' own, in per_image.csv and summary.json, while
+    the records keep every class (a re-run with other scored classes resumes, nothing is certified again)."""
+    out = tmp_path / "results"
+    args = ["evaluate", str(dataset), "--out", str(out), *FAST]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    every = json.loads((out / "summary.json").read_text())
+    stamps = [p.stat().st_mtime_ns for p in sorted((out / "records").rglob("*.json"))]
+    r = CliRunner().invoke(main, args + ["--score-classes", "heart, left_lung"])
+    assert r.exit_code == 0, r.output
+    assert "over heart, left_lung" in r.stderr
+    assert [p.stat().st_mtime_ns for p in sorted((out / "records").rglob("*.json"))] == stamps
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scored_classes"] == ["heart", "left_lung"] and every["scored_classes"] == every["classes"][1:]
+    with open(out / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    for key in ("clean_dice", "certified_dice", "certified_iou"):
+        for row in rows:
+            assert float(row[key]) == pytest.approx((float(row[f"{key}_heart"]) + float(row[f"{key}_left_lung"])) / 2)
+        assert summary["overall"][0][key] == pytest.approx(np.mean([float(row[key]) for row in rows]))
+    # Per-class columns are the same either way; the headline over all classes differs from heart + left lung's.
+    assert summary["overall"][0]["certified_dice_heart"] == every["overall"][0]["certified_dice_heart"]
+    assert summary["overall"][0]["certified_dice"] != every["overall"][0]["certified_dice"]
+
+
+@pytest.mark.parametrize("names", ["spleen", "background", ",", "heart,liver"])
+def test_score_classes_must_be_foreground_classes_of_the_model(dataset, tmp_path, names):
+    out = tmp_path / "results"
+    r = CliRunner().invoke(main, ["evaluate", str(dataset), "--out", str(out), "--score-classes", names, *FAST])
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1, r.output
+    assert "not a foreground class" in r.stderr and "heart" in r.stderr and not out.exists()
+
+
 def test_evaluate_refuses_a_folder_without_images(tmp_path):
     r = CliRunner().invoke(main, ["evaluate", str(tmp_path), "--out", str(tmp_path / "o")])
     assert r.exit_code == 1 and "images/" in r.stderr and not (tmp_path / "o").exists()

@@ -79,6 +79,9 @@ def make_phantoms(dataset_dir, count, size, first_seed, modality):
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--correction", type=click.Choice(["holm", "bonferroni"]), default="holm", show_default=True)
 @click.option("--config-name", default=None, help="label of this configuration in the results")
+@click.option("--score-classes", default=None, metavar="NAMES",
+              help="comma-separated foreground classes the headline Dice / IoU average, for data sets that label "
+                   "only some of the model's classes (LiTS: liver)  [default: every foreground class]")
 @click.option("--window", default=None, metavar="LO,HI",
               help="volumes: the intensities mapped to [0, 1] (e.g. -160,240 Hounsfield units)  [default: each "
                    "volume's min-max]")
@@ -91,8 +94,8 @@ def make_phantoms(dataset_dir, count, size, first_seed, modality):
 @runtime_options
 @user_errors
 def evaluate(dataset_dir, out, model, engine, reference, sigmas, no_denoiser, tau, alpha, n0, n, seed, batch_size,
-             correction, config_name, window, ray_address, ray_cpus, ray_workers, threads, max_memory, cache_dir,
-             no_cache):
+             correction, config_name, score_classes, window, ray_address, ray_cpus, ray_workers, threads, max_memory,
+             cache_dir, no_cache):
     """Certified Dice / IoU, abstain rate and radius over a dataset folder; CSV + JSON + PNG plots.
 
     Abstained pixels count as false negatives of their true class and never as false positives.
@@ -107,7 +110,7 @@ def evaluate(dataset_dir, out, model, engine, reference, sigmas, no_denoiser, ta
       certseg-rt evaluate data/phantoms --ray HEAD:6379 --engine engines/chest --out results/
       certseg-rt evaluate data/phantoms --reference torch-cuda-fused:fp16 --out results/   # on a GPU
     """
-    from ..evaluate import list_dataset, record_path, write_tables
+    from ..evaluate import list_dataset, record_path, scored_over, write_tables
     from ..evaluate_volume import overlay_image, volume_window
     from ..io import overlay, write_json
 
@@ -156,6 +159,7 @@ def evaluate(dataset_dir, out, model, engine, reference, sigmas, no_denoiser, ta
                 else:
                     target = targets[k]
                     sigma, classes, channels = target.sigma, list(target.classes), target.channels
+                scored = _scored_classes(score_classes, classes)
                 done, todo = {}, []
                 for sample in samples:
                     rec = _finished_record(record_path(out, config, sigma, sample.name), params)
@@ -185,13 +189,13 @@ def evaluate(dataset_dir, out, model, engine, reference, sigmas, no_denoiser, ta
                 records += [done.get(s.name) or new[s.name] for s in samples if s.name in done or s.name in new]
                 failures += [failed[i] for i in sorted(failed)]
                 for i in sorted(shown)[:max(0, 8 - len(tiles))]:
-                    rec = new[todo[i].name]
+                    rec = scored_over(new[todo[i].name], scored)
                     tiles.append((f"{todo[i].name} sigma={sigma:g} Dice {rec['certified_dice']:.2f}",
                                   overlay(overlay_image(todo[i], rec, channels), shown[i])))
     except KeyboardInterrupt:
         raise CertsegError(f"interrupted; finished images are saved in {out}/records (re-run the same command "
                            f"to resume)")
-    summary = write_tables(out, records, failures, classes)
+    summary = write_tables(out, records, failures, classes, scored)
     try:
         from ..plots import dice_vs_radius, overlay_grid
 
@@ -204,12 +208,25 @@ def evaluate(dataset_dir, out, model, engine, reference, sigmas, no_denoiser, ta
         click.echo(f"{row['modality']:<8} {row['config']:<12} sigma {row['sigma']:<5g} radius {row['radius']:.3f}  clean Dice "
                    f"{row['clean_dice']:.3f}  certified Dice {row['certified_dice']:.3f}  certified IoU "
                    f"{row['certified_iou']:.3f}  abstain {row['abstain_rate']:.1%}  ({row['images']} images)")
-    click.echo("abstained pixels count as false negatives of their true class, never as false positives", err=True)
+    click.echo("abstained pixels count as false negatives of their true class, never as false positives; Dice and "
+               f"IoU over {', '.join(summary['scored_classes'])}", err=True)
     for f in failures:
         click.echo(f"failed: {f['image']} (sigma {f['sigma']:g}): {f['reason']}", err=True)
     click.echo(f"results in {out}/ (per_image.csv, summary.json, dice_vs_radius.png, overlays.png)", err=True)
     if failures:
         raise SystemExit(1)
+
+
+def _scored_classes(names: str | None, classes) -> list[str] | None:
+    """--score-classes as class names of the model, checked before anything is certified."""
+    if names is None:
+        return None
+    scored = [v.strip() for v in names.split(",") if v.strip()]
+    unknown = [v for v in scored if v not in classes[1:]]
+    if not scored or unknown:
+        raise CertsegError(f"--score-classes {names!r}: {', '.join(unknown) or 'no class'} is not a foreground class "
+                           f"of this model; choose from {', '.join(classes[1:])}")
+    return scored
 
 
 def _finished_record(path: Path, params: dict) -> dict | None:
