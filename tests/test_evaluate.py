@@ -99,6 +99,20 @@ def test_score_classes_must_be_foreground_classes_of_the_model(dataset, tmp_path
     assert "not a foreground class" in r.stderr and "heart" in r.stderr and not out.exists()
 
 
+def test_another_model_under_the_same_configuration_is_redone(dataset, tmp_path):
+    """Records are keyed by configuration name ("plain" for both runs below), sigma and image: a second model
+    must not resume the first one's certificates."""
+    out = tmp_path / "results"
+    args = ["evaluate", str(dataset), "--out", str(out), "--no-denoiser", *FAST]
+    assert CliRunner().invoke(main, args + ["--model", "chest"]).exit_code == 0
+    records = sorted((out / "records").rglob("*.json"))
+    first = [json.loads(p.read_text())["model_files"] for p in records]
+    r = CliRunner().invoke(main, args + ["--model", "chest-plain-0.25"])
+    assert r.exit_code == 0, r.output
+    second = [json.loads(p.read_text())["model_files"] for p in records]
+    assert all(a != b for a, b in zip(first, second)) and len(records) == 3
+
+
 def test_evaluate_refuses_a_folder_without_images(tmp_path):
     r = CliRunner().invoke(main, ["evaluate", str(tmp_path), "--out", str(tmp_path / "o")])
     assert r.exit_code == 1 and "images/" in r.stderr and not (tmp_path / "o").exists()

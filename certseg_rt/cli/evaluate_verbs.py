@@ -156,13 +156,15 @@ def evaluate(dataset_dir, out, model, engine, reference, sigmas, no_denoiser, ta
                                                     threads=threads, max_memory=budget, reference=reference,
                                                     cache_dir=cache, calls=(n0, n))
                     sigma, channels = backend.sigma, backend.channels
+                    model_files = getattr(backend, "record", {}).get("model_files")
                 else:
                     target = targets[k]
                     sigma, classes, channels = target.sigma, list(target.classes), target.channels
+                    model_files = None  # known to the workers only: the parameters decide
                 scored = _scored_classes(score_classes, classes)
                 done, todo = {}, []
                 for sample in samples:
-                    rec = _finished_record(record_path(out, config, sigma, sample.name), params)
+                    rec = _finished_record(record_path(out, config, sigma, sample.name), params, model_files)
                     if rec is None:
                         todo.append(sample)
                     else:
@@ -229,13 +231,17 @@ def _scored_classes(names: str | None, classes) -> list[str] | None:
     return scored
 
 
-def _finished_record(path: Path, params: dict) -> dict | None:
-    """The record of an image already evaluated with these parameters, or None (then it is redone)."""
+def _finished_record(path: Path, params: dict, model_files: dict | None = None) -> dict | None:
+    """The record of an image already evaluated with these parameters (and, where known, the same model files:
+    another --model or retrained weights under the same configuration name are another experiment), or None
+    (then it is redone)."""
     try:
         done = json.loads(path.read_text())
     except (OSError, ValueError):  # absent, or unreadable: redo it (the record is rewritten atomically)
         return None
-    return done if isinstance(done, dict) and done.get("parameters") == params else None
+    if not isinstance(done, dict) or done.get("parameters") != params:
+        return None
+    return done if model_files is None or done.get("model_files") == model_files else None
 
 
 def _evaluate_here(todo, backend, clean_fn, classes, sigma, params):
