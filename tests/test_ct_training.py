@@ -65,6 +65,43 @@ def test_small_cross_sections_are_drawn_when_asked():
     assert 3 <= drawn_small(0.0, 30) <= 20  # uniform over the 6 liver slices: 2 in 6 small
 
 
+def test_oral_contrast_fills_bowel_lumen_only_and_labels_it_background():
+    """A bowel loop (a ring of wall around fluid, with a pocket of gas) and a second loop: filled loops get
+    150..600 HU in their lumen, the wall's outer pixel and the gas keep theirs, and nothing outside the bowel
+    changes; sample(oral=1) then shows bright pixels labelled background, oral=0 never does."""
+    from certseg_rt.zoo.ct_slices import _oral_contrast
+
+    hu = torch.full((40, 40), -40.0)
+    bowel = torch.zeros(40, 40, dtype=torch.int64)
+    bowel[5:17, 5:17] = 1
+    bowel[25:35, 25:35] = 1
+    hu[bowel == 1] = 10.0  # fluid-filled loops
+    hu[9:12, 9:12] = -900.0  # gas in the first loop
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        out = _oral_contrast(hu, bowel, rng)
+        assert torch.equal(out[bowel == 0], hu[bowel == 0])  # outside the bowel (the blur reaches the wall only)
+        assert torch.equal(out[9:12, 9:12], hu[9:12, 9:12])  # gas stays gas
+        assert float((out - hu).min()) >= 0 and float(out.max()) <= 600 * 1.15 + 1
+        for r0, r1, c0, c1 in ((5, 17, 5, 17), (25, 35, 25, 35)):
+            centre = out[r0 + 2:r1 - 2, c0 + 2:c1 - 2]
+            centre = centre[centre > -300]
+            assert float(centre.min()) > 100 or torch.equal(centre, torch.full_like(centre, 10.0))  # all or none
+    assert any(float(_oral_contrast(hu, bowel, rng)[30, 30]) > 100 for _ in range(10))
+
+    vhu, labels = _abdomen()
+    vbowel = np.zeros(vhu.shape, bool)
+    vbowel[30:50, 15:30, :] = True  # a loop beside the "liver", soft tissue (-40 HU) inside
+    vol = CTVolume("synthetic", vhu, labels, bowel=vbowel)
+    for oral, expect in ((1.0, True), (0.0, False)):
+        rng = np.random.default_rng(2)
+        bright = []
+        for _ in range(10):
+            x, y = sample(vol, rng, liver_bias=0.0, organs=False, oral=oral)
+            bright.append(bool(((x[0] > 0.95) & (y == 0)).any()))  # > 230 HU, windowed: only oral contrast
+        assert any(bright) == expect
+
+
 def test_liver_crops_are_the_livers_bounding_box_windowed():
     hu, labels = _abdomen()
     x, y = liver_crops(CTVolume("synthetic", hu, labels))
@@ -159,6 +196,7 @@ def test_train_ct_holds_out_validates_and_pseudo_labels(tmp_path):
               str(bundled_model_dir("liver-ct")), "--weights-dtype", "fp32"])
     log = json.loads((out / "training.json").read_text())
     assert [h["step"] for h in log["validation"]] == [2, 4] and log["validation_scans"] == ["b"]
+    assert log["recipe"]["oral_contrast"] == 0.5  # the default; this hand-made source has no bowel labels
     assert set(log["validation"][0]["b"]) == {"liver_dice", "slices", "small_sections"}
     assert log["validation"][0]["b"]["slices"] == 8
     used = {s["scan"]: s for s in log["data"][0]["scans"]}

@@ -19,6 +19,11 @@ tumours).  Each sample is drawn afresh from an axial slice in Hounsfield units:
   one phase each (native, portal-venous, arterial) and LiTS is portal-venous: one enhancement level sets the
   liver, spleen, kidneys and large vessels together, as contrast does (the first round shifted the liver to
   40..170 HU and the kidneys independently).
+- **oral contrast**: with --oral-contrast, in that share of the samples whose slice crosses bowel (the
+  source's stomach, duodenum, small bowel and colon labels), loops filled with positive oral contrast
+  (150..600 HU in the lumen, each loop filled or not, gas left as gas; labelled background).  Abdominal
+  CT is read with and without it, and the training CTs have none: a model that never saw a bright loop
+  beside the liver takes it for an enhanced kidney.
 - **lesions**: in 3 of 4 samples 1-8 soft ellipses inside the liver, 20..95 HU darker with a smooth texture
   (hypodense tumours, labelled liver as
   in the liver Dice of LiTS, where tumour counts as liver).
@@ -43,19 +48,19 @@ class CTVolume:
     """One CT volume as axial slices (rows, columns) in HU, with labels (class indices) or None."""
 
     def __init__(self, name: str, hu: np.ndarray, labels: np.ndarray | None, liver: int = 1, max_side: int = 256,
-                 vessels: np.ndarray | None = None):
-        """hu, labels: (L, P, S) volumes as fetch-data writes them; vessels: an optional (L, P, S) mask of the
-        large abdominal vessels (they enhance with contrast); slices larger than max_side are averaged down by
+                 vessels: np.ndarray | None = None, bowel: np.ndarray | None = None):
+        """hu, labels: (L, P, S) volumes as fetch-data writes them; vessels, bowel: optional (L, P, S) masks of
+        the large abdominal vessels (they enhance with contrast) and of the bowel (oral contrast); slices larger than max_side are averaged down by
         an integer factor first (a 512x512 slice is never shown at more than 128x128 anyway)."""
         self.name = name
         self.hu = torch.from_numpy(np.ascontiguousarray(np.transpose(hu, (2, 1, 0)), np.float32))  # (S, rows, cols)
-        self.labels, self.vessels = (None if a is None else torch.from_numpy(
-            np.ascontiguousarray(np.transpose(a, (2, 1, 0)), np.int64)) for a in (labels, vessels))
+        self.labels, self.vessels, self.bowel = (None if a is None else torch.from_numpy(
+            np.ascontiguousarray(np.transpose(a, (2, 1, 0)), np.int64)) for a in (labels, vessels, bowel))
         factor = max(1, int(np.ceil(max(self.hu.shape[1:]) / max_side)))
         if factor > 1:
             self.hu = F.avg_pool2d(self.hu[:, None], factor)[:, 0]
-            self.labels, self.vessels = (None if a is None else a[:, factor // 2::factor, factor // 2::factor][
-                :, :self.hu.shape[1], :self.hu.shape[2]] for a in (self.labels, self.vessels))
+            self.labels, self.vessels, self.bowel = (None if a is None else a[:, factor // 2::factor, factor // 2::factor][
+                :, :self.hu.shape[1], :self.hu.shape[2]] for a in (self.labels, self.vessels, self.bowel))
         body = (self.hu > -500).any(dim=0)
         self.body_box = _box(body)
         if self.labels is not None and (self.labels == liver).any():
@@ -193,6 +198,28 @@ def _contrast_phase(hu: torch.Tensor, labels: torch.Tensor, rng: np.random.Gener
     return out
 
 
+def _oral_contrast(hu: torch.Tensor, bowel: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """The slice with positive oral contrast: the lumen of each bowel loop (a connected piece of the bowel
+    mask in this slice) filled with probability 0.3..1 to one level of 150..600 HU (dilute to dense
+    iodine/barium), mottled by +-15%; the wall (the mask's outer pixel) keeps its HU and gas stays gas."""
+    from scipy import ndimage
+
+    mask = bowel.numpy().astype(bool)
+    lumen = ndimage.binary_erosion(mask) & (hu.numpy() > -300)  # not gas
+    loops, count = ndimage.label(lumen)
+    if not count:
+        return hu
+    filled = np.isin(loops, 1 + np.flatnonzero(rng.random(count) < rng.uniform(0.3, 1.0)))
+    if not filled.any():
+        return hu
+    coarse = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(int(rng.integers(2 ** 31))))
+    texture = F.interpolate(coarse, size=hu.shape, mode="bicubic", align_corners=False)[0, 0]
+    level = rng.uniform(150, 600) * (0.85 + 0.3 * texture)
+    # A soft edge across the wall; none outside the bowel, none in its gas.
+    weight = _soft(torch.from_numpy(filled), 0.7) * bowel * (hu > -300)
+    return hu + (level - hu).clamp(min=0) * weight
+
+
 def _lesions(hu: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     liver = labels == 1
     where = torch.nonzero(liver)
@@ -217,11 +244,12 @@ def _lesions(hu: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator) -
 
 
 def sample(vol: CTVolume, rng: np.random.Generator, *, liver_bias: float = 0.75, small_bias: float = 0.0,
-           warp: bool = False, coupled: bool = False, organs: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+           warp: bool = False, coupled: bool = False, organs: bool = True,
+           oral: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One augmented 128x128 training slice: image (1, H, W) in [0, 1] and labels (H, W), or None.
     small_bias: of the liver slices drawn, the share taken from the small cross-sections; warp: rotate and
     deform the field of view; coupled: contrast phases as one enhancement level (the liver-ct model's second
-    round; the first did none of these)."""
+    round; the first did none of these); oral: the share of slices crossing bowel given oral contrast."""
     if len(vol.liver_slices) and rng.random() < liver_bias:
         pick = vol.small_slices if len(vol.small_slices) and rng.random() < small_bias else vol.liver_slices
         k = int(pick[int(rng.integers(len(pick)))])
@@ -234,6 +262,8 @@ def sample(vol: CTVolume, rng: np.random.Generator, *, liver_bias: float = 0.75,
             hu = _contrast_phase(hu, labels, rng, None if vol.vessels is None else vol.vessels[k], coupled)
         if rng.random() < 0.75:
             hu = _lesions(hu, labels, rng)
+    if oral and vol.bowel is not None and vol.bowel[k].any() and rng.random() < oral:
+        hu = _oral_contrast(hu, vol.bowel[k], rng)
     box = _field_of_view(vol, rng)
     if warp:
         grid = _warp_grid(box, rng)

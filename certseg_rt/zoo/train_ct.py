@@ -14,10 +14,10 @@ spleen, kidney: TotalSegmentator's two labelled CTs, labels made by its model), 
 (pseudo_label.py: self-training); the denoiser from every CT volume given (labels not needed).  Both
 train on augmented 128x128 slices drawn by ct_slices.py (crops around the liver as LiTS makes them, zooms,
 whole slices, rotations and elastic warps, small liver cross-sections drawn more often, contrast phase,
-synthetic hypodense lesions, noise and window jitter), then with the loops of train.py: the denoiser on
-the timesteps one-step denoising uses, the segmenter (cross-entropy + per-image soft Dice) with a third of
-each batch clean, a third noisy and a third noisy then denoised (or, with --plain-sigma, noisy at that
-sigma for plain smoothing).
+positive oral contrast in bowel loops, synthetic hypodense lesions, noise and window jitter), then with the
+loops of train.py: the denoiser on the timesteps one-step denoising uses, the segmenter (cross-entropy +
+per-image soft Dice) with a third of each batch clean, a third noisy and a third noisy then denoised (or,
+with --plain-sigma, noisy at that sigma for plain smoothing).
 
 ``--hold-out SCAN`` keeps a labelled training scan out of training and reports the liver Dice on it,
 rendered as a LiTS crop (ct_slices.liver_crops), every ``--val-every`` steps: the validation that chooses
@@ -45,6 +45,8 @@ TEST_SOURCES = ("liver-ct",)
 # Large vessels in a source's own labels (they enhance with contrast, ct_slices' contrast phases):
 # TotalSegmentator's 'total' classes aorta, inferior vena cava, portal and splenic vein.
 VESSELS = {"totalsegmentator": (52, 63, 64)}
+# The bowel, for oral contrast: TotalSegmentator's stomach, small bowel, duodenum and colon.
+BOWEL = {"totalsegmentator": (6, 18, 19, 20)}
 
 
 def load_volumes(dirs: list[Path], pseudo: tuple[str, ...] = ()) -> tuple[list[CTVolume], list[CTVolume], list[dict]]:
@@ -66,9 +68,10 @@ def load_volumes(dirs: list[Path], pseudo: tuple[str, ...] = ()) -> tuple[list[C
             has_labels = tuple(scan.get("classes") or ()) == CLASSES and label_file.is_file()
             labels = np.asanyarray(nib.load(str(label_file)).dataobj) if has_labels else None
             source_file = d / "volumes" / f"{scan['name']}_source_label.nii.gz"
-            vessels = np.isin(np.asanyarray(nib.load(str(source_file)).dataobj), VESSELS[prov["source"]]) \
-                if prov["source"] in VESSELS and source_file.is_file() else None
-            vol = CTVolume(scan["name"], hu, labels, vessels=vessels)
+            source = np.asanyarray(nib.load(str(source_file)).dataobj) if source_file.is_file() else None
+            vessels, bowel = (np.isin(source, table[prov["source"]])
+                              if source is not None and prov["source"] in table else None for table in (VESSELS, BOWEL))
+            vol = CTVolume(scan["name"], hu, labels, vessels=vessels, bowel=bowel)
             every.append(vol)
             if has_labels:
                 labelled.append(vol)
@@ -158,6 +161,8 @@ def main(argv=None):
     ap.add_argument("--no-warp", action="store_true", help="no rotation or elastic warp (the first round's slices)")
     ap.add_argument("--contrast", choices=["coupled", "independent"], default="coupled",
                     help="contrast phases: one enhancement level for all organs, or the first round's shifts")
+    ap.add_argument("--oral-contrast", type=float, default=0.5,
+                    help="share of slices crossing bowel drawn with positive oral contrast (0: none, as before)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weights-dtype", choices=["fp32", "fp16"], default="fp16")
     args = ap.parse_args(argv)
@@ -175,7 +180,7 @@ def main(argv=None):
            "pool": args.pool, "seed": args.seed, "torch": torch.__version__, "threads": torch.get_num_threads(),
            "recipe": {"loss": f"cross-entropy + {args.dice_weight} x per-image soft Dice" if args.dice_weight
                       else "cross-entropy", "small_bias": args.small_bias, "warp": not args.no_warp,
-                      "contrast": args.contrast}}
+                      "contrast": args.contrast, "oral_contrast": args.oral_contrast}}
     if args.pseudo_label:
         extra, log["pseudo_labels"] = pseudo_labelled(every, args.pseudo_label, args.teacher)
         labelled += extra
@@ -188,7 +193,8 @@ def main(argv=None):
     if held:
         log["validation_scans"] = args.hold_out
     train._log(f"segmenter volumes: {[v.name for v in labelled]}; denoiser volumes: {[v.name for v in every]}")
-    draw = {"small_bias": args.small_bias, "warp": not args.no_warp, "coupled": args.contrast == "coupled"}
+    draw = {"small_bias": args.small_bias, "warp": not args.no_warp, "coupled": args.contrast == "coupled",
+            "oral": args.oral_contrast}
     images, masks = pool(labelled, args.pool, rng, labels=True, **draw)
     train._log(f"drew {len(images)} augmented segmenter slices")
     sets = [(images, masks, 15 if args.plain_sigma is None else 16)]
