@@ -197,6 +197,9 @@ def test_train_ct_holds_out_validates_and_pseudo_labels(tmp_path):
     log = json.loads((out / "training.json").read_text())
     assert [h["step"] for h in log["validation"]] == [2, 4] and log["validation_scans"] == ["b"]
     assert log["recipe"]["oral_contrast"] == 0.5  # the default; this hand-made source has no bowel labels
+    with pytest.raises(SystemExit):
+        train_ct(["--data", str(data), "--out", str(tmp_path / "bad"), "--oral-contrast", "1.5"])
+    assert not (tmp_path / "bad").exists()
     assert set(log["validation"][0]["b"]) == {"liver_dice", "slices", "small_sections"}
     assert log["validation"][0]["b"]["slices"] == 8
     used = {s["scan"]: s for s in log["data"][0]["scans"]}

@@ -168,6 +168,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.pseudo_label and args.teacher is None:
         ap.error("--pseudo-label needs --teacher DIR (a model folder with segmenter.json)")
+    if not 0 <= args.oral_contrast <= 1:
+        ap.error(f"--oral-contrast {args.oral_contrast}: a share of slices, from 0 to 1")
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
