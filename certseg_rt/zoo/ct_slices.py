@@ -50,8 +50,9 @@ class CTVolume:
     def __init__(self, name: str, hu: np.ndarray, labels: np.ndarray | None, liver: int = 1, max_side: int = 256,
                  vessels: np.ndarray | None = None, bowel: np.ndarray | None = None):
         """hu, labels: (L, P, S) volumes as fetch-data writes them; vessels, bowel: optional (L, P, S) masks of
-        the large abdominal vessels (they enhance with contrast) and of the bowel (oral contrast); slices larger than max_side are averaged down by
-        an integer factor first (a 512x512 slice is never shown at more than 128x128 anyway)."""
+        the large abdominal vessels (they enhance with contrast) and of the bowel (oral contrast); slices larger
+        than max_side are averaged down by an integer factor first (a 512x512 slice is never shown at more than
+        128x128 anyway)."""
         self.name = name
         self.hu = torch.from_numpy(np.ascontiguousarray(np.transpose(hu, (2, 1, 0)), np.float32))  # (S, rows, cols)
         self.labels, self.vessels, self.bowel = (None if a is None else torch.from_numpy(
@@ -59,8 +60,10 @@ class CTVolume:
         factor = max(1, int(np.ceil(max(self.hu.shape[1:]) / max_side)))
         if factor > 1:
             self.hu = F.avg_pool2d(self.hu[:, None], factor)[:, 0]
-            self.labels, self.vessels, self.bowel = (None if a is None else a[:, factor // 2::factor, factor // 2::factor][
-                :, :self.hu.shape[1], :self.hu.shape[2]] for a in (self.labels, self.vessels, self.bowel))
+            keep = (slice(None), slice(factor // 2, None, factor), slice(factor // 2, None, factor))
+            rows, cols = self.hu.shape[1:]
+            self.labels, self.vessels, self.bowel = (None if a is None else a[keep][:, :rows, :cols]
+                                                     for a in (self.labels, self.vessels, self.bowel))
         body = (self.hu > -500).any(dim=0)
         self.body_box = _box(body)
         if self.labels is not None and (self.labels == liver).any():
@@ -201,11 +204,12 @@ def _contrast_phase(hu: torch.Tensor, labels: torch.Tensor, rng: np.random.Gener
 def _oral_contrast(hu: torch.Tensor, bowel: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """The slice with positive oral contrast: the lumen of each bowel loop (a connected piece of the bowel
     mask in this slice) filled with probability 0.3..1 to one level of 150..600 HU (dilute to dense
-    iodine/barium), mottled by +-15%; the wall (the mask's outer pixel) keeps its HU and gas stays gas."""
+    iodine/barium), mottled by +-15%, with a soft edge across the wall (the mask's outer pixel, not filled);
+    nothing outside the bowel changes and gas stays gas."""
     from scipy import ndimage
 
-    mask = bowel.numpy().astype(bool)
-    lumen = ndimage.binary_erosion(mask) & (hu.numpy() > -300)  # not gas
+    not_gas = hu > -300
+    lumen = ndimage.binary_erosion(bowel.numpy().astype(bool)) & not_gas.numpy()
     loops, count = ndimage.label(lumen)
     if not count:
         return hu
@@ -215,8 +219,7 @@ def _oral_contrast(hu: torch.Tensor, bowel: torch.Tensor, rng: np.random.Generat
     coarse = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(int(rng.integers(2 ** 31))))
     texture = F.interpolate(coarse, size=hu.shape, mode="bicubic", align_corners=False)[0, 0]
     level = rng.uniform(150, 600) * (0.85 + 0.3 * texture)
-    # A soft edge across the wall; none outside the bowel, none in its gas.
-    weight = _soft(torch.from_numpy(filled), 0.7) * bowel * (hu > -300)
+    weight = _soft(torch.from_numpy(filled), 0.7) * bowel * not_gas
     return hu + (level - hu).clamp(min=0) * weight
 
 
