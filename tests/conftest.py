@@ -127,15 +127,12 @@ def native(tmp_path_factory) -> dict:
     return build_native(tmp_path_factory.mktemp("certseg_native"))
 
 
-@pytest.fixture(scope="session")
-def liver_wheel():
-    """The verified liver-ct-segmentation-package wheel (4.5 MB, LiTS case 117), from the cache
-    ($CERTSEG_SCAN_CACHE or ~/.cache/certseg-rt/scans) or downloaded into it; skipped with the reason offline."""
-    pytest.importorskip("mrcfile")
-    pytest.importorskip("nibabel")
+def _cached_release(source: str) -> Path:
+    """The verified release file of a fetch-data source, from the cache ($CERTSEG_SCAN_CACHE or
+    ~/.cache/certseg-rt/scans) or downloaded into it; skipped with the reason offline."""
     from certseg_rt.data import fetch as fetch_mod
 
-    archive = fetch_mod.get_source("liver-ct")["archive"]
+    archive = fetch_mod.get_source(source)["archive"]
     cached = SCAN_CACHE / archive["filename"]
     if cached.is_file() and fetch_mod.sha256_of(cached) == archive["sha256"]:
         return cached
@@ -146,19 +143,45 @@ def liver_wheel():
         except fetch_mod.CertsegError as e:
             if not str(e).startswith("cannot download"):
                 raise  # a wrong hash is a failure, never a skip
-            pytest.skip(f"the registry is unreachable, so the liver-ct wheel cannot be fetched: {e}")
+            pytest.skip(f"the registry is unreachable, so {archive['filename']} cannot be fetched: {e}")
         os.replace(path, cached)
     return cached
 
 
 @pytest.fixture(scope="session")
-def lits_dir(liver_wheel, tmp_path_factory):
-    """`certseg-rt fetch-data liver-ct` from the cached wheel, once per session."""
+def liver_wheel():
+    """The liver-ct-segmentation-package wheel (4.5 MB, LiTS case 117), verified (_cached_release)."""
+    pytest.importorskip("mrcfile")
+    pytest.importorskip("nibabel")
+    return _cached_release("liver-ct")
+
+
+@pytest.fixture(scope="session")
+def amos_deb():
+    """Debian's libcamitk5-data package (102 MB, AMOS case 0336 with organ meshes), verified (_cached_release)."""
+    pytest.importorskip("nibabel")
+    return _cached_release("amos-ct")
+
+
+def _fetched(source: str, release: Path, tmp_path_factory) -> Path:
+    """`certseg-rt fetch-data SOURCE` from its cached release file, into a fresh folder."""
     from click.testing import CliRunner
 
     from certseg_rt.cli import main
 
-    out = tmp_path_factory.mktemp("scans") / "liver-ct"
-    r = CliRunner().invoke(main, ["fetch-data", "liver-ct", str(out), "--from", str(liver_wheel)])
+    out = tmp_path_factory.mktemp("scans") / source
+    r = CliRunner().invoke(main, ["fetch-data", source, str(out), "--from", str(release)])
     assert r.exit_code == 0, r.output
     return out
+
+
+@pytest.fixture(scope="session")
+def amos_dir(amos_deb, tmp_path_factory):
+    """`certseg-rt fetch-data amos-ct`, once per session."""
+    return _fetched("amos-ct", amos_deb, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def lits_dir(liver_wheel, tmp_path_factory):
+    """`certseg-rt fetch-data liver-ct`, once per session."""
+    return _fetched("liver-ct", liver_wheel, tmp_path_factory)

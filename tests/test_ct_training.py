@@ -207,3 +207,15 @@ def test_train_ct_holds_out_validates_and_pseudo_labels(tmp_path):
     assert log["pseudo_labels"]["scans"]["c"]["voxels"]["ignored"] >= 0
     assert len(log["pseudo_labels"]["teacher_segmenter_sha256"]) == 64
     assert (out / "segmenter.safetensors").is_file()
+
+    # --finetune keeps the denoiser in --out: the record says which scans reached it (those its own run named).
+    import shutil
+
+    kept = tmp_path / "kept"
+    shutil.copytree(bundled_model_dir("liver-ct") / "denoiser", kept / "denoiser")
+    (kept / "training.json").write_text(json.dumps({"command": "round 1", "denoiser": {"volumes": ["a"]}}))
+    train_ct(["--data", str(data), "--out", str(kept), "--finetune", "--segmenter-steps", "2", "--pool", "8",
+              "--weights-dtype", "fp32"])
+    log = json.loads((kept / "training.json").read_text())
+    assert log["denoiser"]["kept by"] == "--finetune" and log["denoiser"]["command"] == "round 1"
+    assert {s["scan"]: s["denoiser"] for s in log["data"][0]["scans"]} == {"a": True, "b": False, "c": False}

@@ -19,7 +19,7 @@ from certseg_rt.cli import main  # noqa: E402
 
 SLICES = (16, 48, 80, 112)
 # Measured with the committed weights (python benchmarks/real_scans.py computes all 128 slices):
-PINNED = {"clean_dice_liver": 0.8871, "certified_dice_liver": 0.8228}
+PINNED = {"clean_dice_liver": 0.8023, "certified_dice_liver": 0.7564}
 
 
 def test_liver_models_are_bundled_within_the_weight_budget():

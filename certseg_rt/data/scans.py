@@ -126,17 +126,60 @@ def read_mrc_volume(path: Path, axes: tuple[str, str, str]) -> tuple[np.ndarray,
     return data, affine
 
 
+_MET_TYPES = {"MET_UCHAR": "u1", "MET_CHAR": "i1", "MET_USHORT": "u2", "MET_SHORT": "i2", "MET_UINT": "u4",
+              "MET_INT": "i4", "MET_FLOAT": "f4", "MET_DOUBLE": "f8"}
+
+
+def read_metaimage(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """MetaImage (ITK's .mhd header + raw or zlib data file, or one .mha file): 'Offset', 'ElementSpacing'
+    and 'TransformMatrix' place the voxels in ITK's LPS world.  Only axis-aligned directions are taken (a
+    rotated one would need MetaIO's row/column convention, which no recorded source has)."""
+    import zlib
+
+    raw = path.read_bytes()
+    header, end = {}, 0
+    for line in raw.split(b"\n", 200):  # the header's lines (an .mha's voxels follow its ElementDataFile line)
+        end += len(line) + 1
+        key, _, value = line.decode("latin-1").partition("=")
+        header[key.strip()] = value.strip()
+        if key.strip() == "ElementDataFile":
+            break
+    try:
+        dims = [int(v) for v in header["DimSize"].split()]
+        step = np.asarray([float(v) for v in header.get("ElementSpacing", "1 1 1").split()], np.float64)
+        offset = np.asarray([float(v) for v in header.get("Offset", "0 0 0").split()], np.float64)
+        direction = np.asarray([float(v) for v in header.get("TransformMatrix", "1 0 0 0 1 0 0 0 1").split()])
+        dtype = np.dtype(_MET_TYPES[header["ElementType"]]).newbyteorder(
+            ">" if header.get("BinaryDataByteOrderMSB", header.get("ElementByteOrderMSB")) == "True" else "<")
+        data_file = header["ElementDataFile"]
+    except (KeyError, ValueError) as e:
+        raise InputError(f"{path.name}: not a MetaImage header this reader takes ({e})")
+    direction = direction.reshape(3, 3) if direction.size == 9 else None
+    if len(dims) != 3 or direction is None or not np.array_equal(np.abs(direction), np.eye(3)):
+        raise InputError(f"{path.name}: a 3-D MetaImage with an axis-aligned TransformMatrix is expected")
+    data = raw[end:] if data_file == "LOCAL" else (path.parent / data_file).read_bytes()
+    if header.get("CompressedData") == "True":
+        data = zlib.decompress(data)
+    voxels = np.frombuffer(data, dtype, count=int(np.prod(dims))).reshape(dims[::-1]).transpose(2, 1, 0)
+    affine = np.eye(4)
+    affine[:3, :3] = direction * step  # column i: where index i steps, in mm
+    affine[:3, 3] = offset
+    return voxels, _lps_to_ras(affine)
+
+
 def read_volume(path: Path, axes=None) -> tuple[np.ndarray, np.ndarray]:
     name = path.name.lower()
     if path.is_dir():
         return read_dicom_series(path)
+    if name.endswith((".mhd", ".mha")):
+        return read_metaimage(path)
     if name.endswith((".nii", ".nii.gz")):
         return read_nifti_volume(path)
     if name.endswith(".nrrd"):
         return read_nrrd_volume(path)
     if name.endswith(".mrc"):
         return read_mrc_volume(path, axes)
-    raise InputError(f"{path.name}: no reader for this kind of file (NIfTI, NRRD, MRC or a DICOM folder)")
+    raise InputError(f"{path.name}: no reader for this kind of file (NIfTI, NRRD, MetaImage, MRC or a DICOM folder)")
 
 
 def reorient_lps(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -176,18 +219,29 @@ def write_nifti(path: Path, volume: np.ndarray, affine: np.ndarray) -> None:
     nib.save(img, str(path))
 
 
-def convert_scan(scan: dict, image_path: Path, label_path: Path | None, out: Path, window=CT_WINDOW) -> dict:
+def convert_scan(scan: dict, image_path: Path, label_path: Path | None, out: Path, window=CT_WINDOW,
+                 label_meshes: dict[int, Path] | None = None) -> dict:
     """One scan -> out/<name>/{images,masks}/<name>_<k>.png and out/volumes/<name>*.nii.gz; its geometry record.
 
-    Images are 16-bit PNGs of the [0, 1] intensities (read back as value / 65535); masks 8-bit class indices.
-    A scan without labels writes its slices to out/<name>/unlabelled/ (not a data set evaluate can score)."""
+    Labels come from a label volume (label_path) or from closed meshes, {source label value: OBJ file} in
+    millimetres of the image's own voxel frame (meshes.py).  Images are 16-bit PNGs of the [0, 1]
+    intensities (read back as value / 65535); masks 8-bit class indices.  A scan without labels writes its
+    slices to out/<name>/unlabelled/ (not a data set evaluate can score)."""
     from ..io import write_png
 
     name, modality = scan["name"], scan["modality"]
     volume, affine = read_volume(image_path, scan.get("axes"))
+    mesh_record = None
+    if label_meshes:
+        from .meshes import label_volume
+
+        raw, mesh_record = label_volume(label_meshes, volume.shape, spacing(affine))
+        raw, _ = reorient_lps(raw, affine)
     volume, affine = reorient_lps(volume.astype(np.float32), affine)
     labels = None
-    if label_path is not None:
+    if label_meshes:
+        labels = map_labels(raw, scan["label_map"])
+    elif label_path is not None:
         raw, label_affine = read_volume(label_path, scan.get("axes"))
         raw, label_affine = reorient_lps(raw, label_affine)
         if raw.shape != volume.shape or not np.allclose(label_affine, affine, atol=1e-3):
@@ -213,7 +267,8 @@ def convert_scan(scan: dict, image_path: Path, label_path: Path | None, out: Pat
             "affine": np.round(affine, 6).tolist(), "slices": int(volume.shape[2]),
             "slices_with_foreground": None if labels is None else int((labels > 0).any(axis=(0, 1)).sum()),
             "voxels_per_class": counts, "intensity": _intensity_record(modality, window),
-            "range_in_source_units": [float(volume.min()), float(volume.max())]}
+            "range_in_source_units": [float(volume.min()), float(volume.max())],
+            **({"voxelised_meshes": mesh_record} if mesh_record else {})}
 
 
 def _intensity_record(modality: str, window) -> dict:

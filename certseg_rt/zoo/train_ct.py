@@ -9,7 +9,8 @@
         --weights-dtype fp16 --out certseg_rt/zoo/liver-ct-plain-0.25
 
 The segmenter learns from the CT volumes whose labels have the model's classes (background, liver,
-spleen, kidney: TotalSegmentator's two labelled CTs, labels made by its model), plus, with
+spleen, kidney: TotalSegmentator's two labelled CTs, labels made by its model, and AMOS case 0336 from
+``certseg-rt fetch-data amos-ct``, labels from AMOS's annotators), plus, with
 ``--pseudo-label SCAN --teacher DIR``, an unlabelled CT labelled by a teacher segmenter where it is sure
 (pseudo_label.py: self-training); the denoiser from every CT volume given (labels not needed).  Both
 train on augmented 128x128 slices drawn by ct_slices.py (crops around the liver as LiTS makes them, zooms,
@@ -43,10 +44,11 @@ MODALITY = "abdominal-ct"
 CLASSES = ("background", "liver", "spleen", "kidney")
 TEST_SOURCES = ("liver-ct",)
 # Large vessels in a source's own labels (they enhance with contrast, ct_slices' contrast phases):
-# TotalSegmentator's 'total' classes aorta, inferior vena cava, portal and splenic vein.
-VESSELS = {"totalsegmentator": (52, 63, 64)}
-# The bowel, for oral contrast: TotalSegmentator's stomach, small bowel, duodenum and colon.
-BOWEL = {"totalsegmentator": (6, 18, 19, 20)}
+# TotalSegmentator's 'total' classes aorta, inferior vena cava, portal and splenic vein; AMOS's aorta and IVC.
+VESSELS = {"totalsegmentator": (52, 63, 64), "amos-ct": (8, 9)}
+# The bowel, for oral contrast: TotalSegmentator's stomach, small bowel, duodenum and colon; AMOS's stomach
+# and duodenum (it labels no other bowel).
+BOWEL = {"totalsegmentator": (6, 18, 19, 20), "amos-ct": (7, 13)}
 
 
 def load_volumes(dirs: list[Path], pseudo: tuple[str, ...] = ()) -> tuple[list[CTVolume], list[CTVolume], list[dict]]:
@@ -213,6 +215,9 @@ def main(argv=None):
             before = json.loads((args.out / "training.json").read_text())  # the denoiser kept: how it was made
             log["denoiser"] = {**before.get("denoiser", {}), "command": before.get("command"),
                                "finished": before.get("finished"), "kept by": "--finetune"}
+            kept = set(log["denoiser"].get("volumes", ()))  # a scan new to this run never reached the kept denoiser
+            for scan in (s for u in used for s in u["scans"]):
+                scan["denoiser"] = scan["scan"] in kept
         else:
             den_images, _ = pool(every, args.denoiser_pool, rng, labels=False)
             train._log(f"drew {len(den_images)} augmented denoiser slices")
