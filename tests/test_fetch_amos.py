@@ -7,6 +7,7 @@ whose voxel order and geometry are known, a .deb built here); the real package c
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
@@ -110,9 +111,17 @@ def test_metaimage_voxel_order_and_lps_geometry(tmp_path, compressed, local):
     assert nib.aff2axcodes(affine) == ("L", "P", "S")
 
 
-def test_metaimage_rotated_direction_refused(tmp_path):
+def test_metaimage_rotated_direction_or_damaged_data_refused(tmp_path):
     path = _write_mhd(tmp_path, np.zeros((2, 2, 2), np.int16), matrix="0 1 0 1 0 0 0 0 1")
     with pytest.raises(scans.InputError, match="axis-aligned TransformMatrix"):
+        scans.read_volume(path)
+    path = _write_mhd(tmp_path, np.zeros((4, 4, 4), np.int16))
+    (tmp_path / "ct.zraw").write_bytes((tmp_path / "ct.zraw").read_bytes()[:-5])  # truncated zlib stream
+    with pytest.raises(scans.InputError, match="ct.mhd: its voxel data cannot be read"):
+        scans.read_volume(path)
+    _write_mhd(tmp_path, np.zeros((4, 4, 4), np.int16), compressed=False)
+    (tmp_path / "ct.zraw").write_bytes(b"\0" * 10)  # fewer voxels than DimSize says
+    with pytest.raises(scans.InputError, match="voxel data cannot be read"):
         scans.read_volume(path)
 
 
@@ -141,7 +150,7 @@ def test_deb_members_extracted_and_checked(tmp_path):
     deb = tmp_path / "x_1.0_all.deb"
     deb.write_bytes(_ar({"debian-binary": b"2.0\n", "control.tar.xz": _tar_xz({"control": b"Package: x\n"}),
                          "data.tar.xz": _tar_xz(files)}))
-    wanted = {name: fetch_mod.hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    wanted = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
     fetch_mod.extract(deb, wanted, tmp_path / "out")
     assert all((tmp_path / "out" / n).read_bytes() == d for n, d in files.items())
     with pytest.raises(fetch_mod.CertsegError, match="odd.txt in x_1.0_all.deb has sha256 .* not the recorded"):

@@ -221,14 +221,15 @@ def extract(archive_path: Path, members: dict[str, str], dest: Path) -> None:
 
 
 def _deb_data(path: Path) -> tarfile.TarFile:
-    """The data.tar.* of a .deb (an ar archive: 60-byte member headers, members padded to even sizes)."""
-    blob = path.read_bytes()
-    pos = 8
-    while pos + 60 <= len(blob):
-        name, size = blob[pos:pos + 16].decode("ascii").strip().rstrip("/"), int(blob[pos + 48:pos + 58])
-        if name.startswith("data.tar"):
-            return tarfile.open(fileobj=io.BytesIO(blob[pos + 60:pos + 60 + size]), mode="r:*")
-        pos += 60 + size + (size & 1)
+    """The data.tar.* of a .deb (an ar archive: 60-byte member headers, members padded to even sizes); only
+    that member is read into memory."""
+    with open(path, "rb") as f:
+        f.seek(8)
+        while len(header := f.read(60)) == 60:
+            name, size = header[:16].decode("ascii").strip().rstrip("/"), int(header[48:58])
+            if name.startswith("data.tar"):
+                return tarfile.open(fileobj=io.BytesIO(f.read(size)), mode="r:*")
+            f.seek(size + (size & 1), 1)
     raise ValueError("no data.tar member")
 
 

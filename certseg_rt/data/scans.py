@@ -157,10 +157,13 @@ def read_metaimage(path: Path) -> tuple[np.ndarray, np.ndarray]:
     direction = direction.reshape(3, 3) if direction.size == 9 else None
     if len(dims) != 3 or direction is None or not np.array_equal(np.abs(direction), np.eye(3)):
         raise InputError(f"{path.name}: a 3-D MetaImage with an axis-aligned TransformMatrix is expected")
-    data = raw[end:] if data_file == "LOCAL" else (path.parent / data_file).read_bytes()
-    if header.get("CompressedData") == "True":
-        data = zlib.decompress(data)
-    voxels = np.frombuffer(data, dtype, count=int(np.prod(dims))).reshape(dims[::-1]).transpose(2, 1, 0)
+    try:
+        data = raw[end:] if data_file == "LOCAL" else (path.parent / data_file).read_bytes()
+        if header.get("CompressedData") == "True":
+            data = zlib.decompress(data)
+        voxels = np.frombuffer(data, dtype, count=int(np.prod(dims))).reshape(dims[::-1]).transpose(2, 1, 0)
+    except (OSError, zlib.error, ValueError) as e:
+        raise InputError(f"{path.name}: its voxel data cannot be read ({e})")
     affine = np.eye(4)
     affine[:3, :3] = direction * step  # column i: where index i steps, in mm
     affine[:3, 3] = offset
@@ -231,17 +234,15 @@ def convert_scan(scan: dict, image_path: Path, label_path: Path | None, out: Pat
 
     name, modality = scan["name"], scan["modality"]
     volume, affine = read_volume(image_path, scan.get("axes"))
-    mesh_record = None
-    if label_meshes:
+    labels = mesh_record = None
+    if label_meshes:  # voxelised on the image's own grid, then reoriented with it
         from .meshes import label_volume
 
         raw, mesh_record = label_volume(label_meshes, volume.shape, spacing(affine))
         raw, _ = reorient_lps(raw, affine)
-    volume, affine = reorient_lps(volume.astype(np.float32), affine)
-    labels = None
-    if label_meshes:
         labels = map_labels(raw, scan["label_map"])
-    elif label_path is not None:
+    volume, affine = reorient_lps(volume.astype(np.float32), affine)
+    if labels is None and label_path is not None:
         raw, label_affine = read_volume(label_path, scan.get("axes"))
         raw, label_affine = reorient_lps(raw, label_affine)
         if raw.shape != volume.shape or not np.allclose(label_affine, affine, atol=1e-3):
